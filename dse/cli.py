@@ -1,0 +1,216 @@
+"""Owns the `dse` command: a thin typer app where each command parses its options and makes one
+library call. Mistakes a user can make (DseError) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dse.config import Geometry, SpaceConfig, StudyConfig, load_study, with_overrides
+from dse.errors import DseError
+
+app = typer.Typer(
+    help="Find the best tiny Diffusion Transformer for a parameter budget by distillation.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+teacher_app = typer.Typer(help="Make and inspect teacher (noise, label, image) pairs.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+
+DEMO_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.toml"
+
+SpaceOpt = typer.Option(None, "--space", help="Search-space TOML file [default: search_spaces/demo.toml].")
+BudgetOpt = typer.Option(None, "--budget", help='Parameter budget: 420k, 0.42M, 5M, 5e6 or 5000000.')
+LowerOpt = typer.Option(None, "--lower", help="A candidate fits when lower*budget <= params [default 0.8].")
+UpperOpt = typer.Option(None, "--upper", help="... and params <= upper*budget [default 1.02; 1 for a hard cap].")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+ImageSizeOpt = typer.Option(None, "--image-size", help="Image side in pixels (with --channels, --num-classes).")
+ChannelsOpt = typer.Option(None, "--channels", help="Image channels.")
+ClassesOpt = typer.Option(None, "--num-classes", help="Number of classes.")
+PatchOpt = typer.Option(2, "--patch-size", help="DiT patch size (with --image-size).")
+
+
+def _echo(text: str = "") -> None:
+    typer.echo(text)
+
+
+def _study(space: Optional[Path], **overrides: dict) -> StudyConfig:
+    cfg = load_study(space or DEMO_SPACE)
+    return with_overrides(cfg, **overrides) if any(v is not None for o in overrides.values() for v in o.values()) else cfg
+
+
+def _geometry(cfg: StudyConfig, image_size: Optional[int], channels: Optional[int], num_classes: Optional[int],
+              patch_size: int) -> Geometry:
+    given = [image_size, channels, num_classes]
+    if all(v is None for v in given):
+        from dse.study import geometry_of
+
+        return geometry_of(cfg)
+    if any(v is None for v in given):
+        raise DseError("give all of --image-size, --channels and --num-classes, or none (the space's data set is used)")
+    if image_size <= 0 or channels <= 0 or num_classes <= 0 or patch_size <= 0 or image_size % patch_size:
+        raise DseError("--image-size, --channels and --num-classes must be positive, and --patch-size must divide --image-size")
+    return Geometry(image_size, channels, num_classes, patch_size)
+
+
+def _geometry_text(g: Geometry) -> str:
+    return f"{g.image_size}x{g.image_size}x{g.channels}, {g.num_classes} classes, patch {g.patch_size}"
+
+
+@app.command()
+def run(
+    space: Optional[Path] = SpaceOpt, budget: Optional[str] = BudgetOpt,
+    study: Optional[str] = typer.Option(None, "--study", help="Study name [default: the space's name, plus the budget if given]."),
+    lower: Optional[float] = LowerOpt, upper: Optional[float] = UpperOpt,
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per trial."),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="Generated images for image quality."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:N]."),
+    results_dir: Optional[str] = typer.Option(None, "--results-dir", help="Where studies are stored [results]."),
+    reports_dir: Optional[str] = typer.Option(None, "--reports-dir", help="Where reports are written [reports]."),
+) -> None:
+    """Train and measure every architecture of a space under a budget, then write the Pareto report."""
+    from dse.sizing import format_count, parse_budget
+    from dse.study import run_study
+
+    base = load_study(space or DEMO_SPACE)
+    name = study or (f"{base.name}-{format_count(parse_budget(budget))}" if budget else None)
+    cfg = _study(
+        space, study={"name": name}, space={"budget": budget, "lower": lower, "upper": upper},
+        train={"steps": steps}, eval={"num_samples": num_samples},
+        run={"device": device, "results_dir": results_dir, "reports_dir": reports_dir},
+    )
+    from dse.study import plan_study
+
+    plan = plan_study(cfg)  # validates before anything is written
+    _echo(f"study {cfg.name}: {len(plan.specs)} trials ({len(plan.candidates)} architectures x "
+          f"{len(cfg.space.setups)} setups x {len(cfg.space.losses)} losses) on {cfg.dataset}, budget {cfg.space.budget}")
+    if plan.proposal:
+        _echo(f"design rule: {plan.proposal.arch.name} ({plan.proposal.params:,} params)")
+    outcome = run_study(cfg, on_event=_print_event(len(plan.specs)), on_pairs=_pairs_progress())
+    _echo(f"\n{outcome.num_complete} complete, {outcome.num_failed} failed"
+          + (f", {outcome.skipped} already in the store" if outcome.skipped else ""))
+    _echo("Pareto front (params, fd, latency):")
+    for r in outcome.front:
+        _echo(f"  {r['trial_id']:<34} {r['params']:>10,}  fd {r['fd']:8.3f}  {r['latency_s']:.3f} s")
+    _echo(f"results: {outcome.plan.store.root}/*.parquet")
+    _echo(f"report:  {outcome.report_path}")
+
+
+def _print_event(total: int):
+    started: dict[str, int] = {}
+
+    def on_event(trial_id: str, kind: str, data: dict) -> None:
+        if kind == "start":
+            started[trial_id] = len(started) + 1
+            _echo(f"[{started[trial_id]}/{total}] {trial_id} started")
+        elif kind == "train":
+            _echo(f"    {trial_id} step {data['step']} loss {data['loss']:.4f}")
+        elif kind == "complete":
+            _echo(f"    {trial_id} done: {data['params']:,} params, fd {data['fd']:.3f}, latency {data['latency_s']:.3f} s")
+        elif kind == "failed":
+            _echo(f"    {trial_id} FAILED: {data.get('error', '')}")
+
+    return on_event
+
+
+def _pairs_progress():
+    last = {"shown": -1}
+
+    def show(done: int, total: int, rate: float) -> None:
+        pct = int(100 * done / total)
+        if pct // 25 != last["shown"] // 25 or done == total:
+            last["shown"] = pct
+            _echo(f"teacher pairs: {done}/{total} ({rate:,.0f} pairs/s)")
+
+    return show
+
+
+@app.command("space")
+def space_cmd(
+    space: Optional[Path] = SpaceOpt, budget: Optional[str] = BudgetOpt, lower: Optional[float] = LowerOpt,
+    upper: Optional[float] = UpperOpt, image_size: Optional[int] = ImageSizeOpt, channels: Optional[int] = ChannelsOpt,
+    num_classes: Optional[int] = ClassesOpt, patch_size: int = PatchOpt, json_out: bool = JsonOpt,
+) -> None:
+    """List the architectures that fit a budget, with their parameter counts."""
+    from dse.sizing import enumerate_candidates, propose
+
+    cfg = _study(space, space={"budget": budget, "lower": lower, "upper": upper})
+    geometry = _geometry(cfg, image_size, channels, num_classes, patch_size)
+    s: SpaceConfig = cfg.space
+    if space is None and image_size is not None:  # explicit geometry: the paper's full space, not the demo's
+        s = SpaceConfig(budget=s.budget, lower=s.lower, upper=s.upper)
+    candidates = enumerate_candidates(s, geometry)
+    try:
+        rule = propose(s.budget, geometry, lower=s.lower, upper=s.upper).arch
+    except DseError:
+        rule = None
+    rows = [{**c.to_dict(), "design_rule": c.arch == rule} for c in candidates]
+    if json_out:
+        _echo(json.dumps({"budget": s.budget, "geometry": geometry.__dict__, "lower": s.lower, "upper": s.upper,
+                          "candidates": rows}, indent=2))
+        return
+    _echo(f"{len(rows)} architectures for {_geometry_text(geometry)} at budget {s.budget} (band {s.lower:g}x-{s.upper:g}x)")
+    _echo(f"{'depth':>5} {'width':>5} {'heads':>5} {'params':>12}")
+    for r in rows:
+        _echo(f"{r['depth']:>5} {r['width']:>5} {r['heads']:>5} {r['params']:>12,}" + ("  <- design rule" if r["design_rule"] else ""))
+
+
+@app.command("propose")
+def propose_cmd(
+    budget: Optional[str] = BudgetOpt, space: Optional[Path] = SpaceOpt, lower: Optional[float] = LowerOpt,
+    upper: Optional[float] = UpperOpt, image_size: Optional[int] = ImageSizeOpt, channels: Optional[int] = ChannelsOpt,
+    num_classes: Optional[int] = ClassesOpt, patch_size: int = PatchOpt, json_out: bool = JsonOpt,
+) -> None:
+    """The paper's design-rule architecture for a budget: d = floor(log2 w), h = lower median divisor of w."""
+    from dse.sizing import propose
+
+    cfg = _study(space, space={"budget": budget, "lower": lower, "upper": upper})
+    geometry = _geometry(cfg, image_size, channels, num_classes, patch_size)
+    c = propose(cfg.space.budget, geometry, lower=cfg.space.lower, upper=cfg.space.upper)
+    if json_out:
+        _echo(json.dumps({"budget": cfg.space.budget, "geometry": geometry.__dict__, **c.to_dict()}))
+    else:
+        _echo(f"{c.arch.name}: depth {c.arch.depth}, width {c.arch.width}, heads {c.arch.heads}, "
+              f"{c.params:,} params ({_geometry_text(geometry)}, budget {cfg.space.budget})")
+
+
+@app.command("report")
+def report_cmd(
+    study: str = typer.Argument("demo", help="Study name (a directory under --results-dir)."),
+    results_dir: str = typer.Option("results", "--results-dir"), reports_dir: Optional[str] = typer.Option(None, "--reports-dir"),
+) -> None:
+    """Render a study's Pareto report from its results store."""
+    from dse.study import report_study
+
+    _echo(f"report: {report_study(study, results_dir, reports_dir)}")
+
+
+@teacher_app.command("generate")
+def teacher_generate(
+    out: Path = typer.Option(..., "--out", help="Pair-store directory (resumes if it exists)."),
+    dataset: str = typer.Option("digits", "--dataset"), teacher: str = typer.Option("empirical", "--teacher"),
+    num: int = typer.Option(4096, "--num", help="Number of pairs."), seed: int = typer.Option(0, "--seed"),
+    num_steps: int = typer.Option(18, "--steps", help="Heun steps (NFE = 2 x steps - 1)."),
+) -> None:
+    """Sample (noise, label, image) pairs from a teacher with EDM's Heun sampler."""
+    from dse.teacher import generate_pairs
+    from dse.teacher.edm import SamplerSettings
+
+    if num <= 0 or num_steps <= 0:
+        raise DseError("--num and --steps must be positive")
+    path = generate_pairs(out, dataset=dataset, teacher=teacher, num_pairs=num, seed=seed,
+                          settings=SamplerSettings(num_steps=num_steps), progress=_pairs_progress())
+    _echo(f"pairs: {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `dse` console script."""
+    try:
+        app(args=argv, prog_name="dse")
+    except DseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,290 @@
+"""Owns the study configuration: frozen dataclasses, TOML loading and validation (no torch, no ray).
+
+A search-space file (`search_spaces/*.toml`) has the sections `[study]`, `[data]`, `[teacher]`,
+`[space]`, `[train]`, `[eval]` and `[run]`; every key is optional except `space.budget`, and an
+unknown section or key is an error (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dse.errors import DseError
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the student generates: square images of `channels` x `image_size`^2, `num_classes` labels."""
+
+    image_size: int = 32
+    channels: int = 3
+    num_classes: int = 10
+    patch_size: int = 2
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class StudentArch:
+    """A DiT student: `depth` blocks of width `width` with `heads` attention heads."""
+
+    depth: int
+    width: int
+    heads: int
+    mlp_ratio: float = 4.0
+
+    @property
+    def name(self) -> str:
+        return f"d{self.depth}-w{self.width}-h{self.heads}"
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How the offline (noise z, label y, image x) pairs are made: teacher, EDM sampler settings."""
+
+    kind: str = "empirical"
+    num_pairs: int = 4096
+    pairs_dir: str = ""  # default: results/pairs/<dataset>-<kind>-<num_pairs>
+    seed: int = 0
+    num_steps: int = 18
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    shard_size: int = 65536
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """Which student architectures a study explores.
+
+    `widths`: empty means {2^n, 3*2^n} from `min_width` to `max_width`; `heads` is "all" (every
+    divisor of the width), "rule" (the design rule's heads only) or a list of head counts.
+    """
+
+    budget: str = ""
+    lower: float = 0.8
+    upper: float = 1.02
+    widths: tuple[int, ...] = ()
+    min_width: int = 8
+    max_width: int = 1024
+    min_depth: int = 1
+    max_depth: int = 64
+    heads: str | tuple[int, ...] = "all"
+    mlp_ratio: float = 4.0
+    setups: tuple[str, ...] = ("get",)
+    losses: tuple[str, ...] = ("l2",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One distillation run: AdamW, EMA, a fixed number of steps (paper App. C defaults)."""
+
+    setup: str = "get"
+    loss: str = "l2"
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    ema_decay: float = 0.9999
+    label_dropout: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a trained student is measured: image quality, latency, guidance."""
+
+    num_samples: int = 2000
+    guidance: float = 1.5
+    latency_num_images: int = 2048
+    latency_batch: int = 128
+    latency_repeats: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how trials run. `cpus_per_trial = 0` gives each trial every local CPU."""
+
+    results_dir: str = "results"
+    reports_dir: str = "reports"
+    cpus_per_trial: float = 0
+    gpus_per_trial: float = 0
+    device: str = "auto"
+    address: str = ""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study needs, resolved and validated."""
+
+    name: str
+    dataset: str
+    space: SpaceConfig
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    patch_size: int = 2
+
+    def pairs_dir(self) -> Path:
+        if self.teacher.pairs_dir:
+            return Path(self.teacher.pairs_dir)
+        t = self.teacher
+        return Path(self.run.results_dir) / "pairs" / f"{self.dataset}-{t.kind}-{t.num_pairs}-s{t.seed}"
+
+    def to_raw(self) -> dict[str, Any]:
+        """The config in the sectioned layout of a space file (what `study_from_dict` reads)."""
+        raw: dict[str, Any] = {"study": {"name": self.name}, "data": {"dataset": self.dataset, "patch_size": self.patch_size}}
+        for section in _SECTIONS:
+            values = dataclasses.asdict(getattr(self, section))
+            raw[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        return raw
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_raw(), indent=2, sort_keys=True)
+
+
+_SECTIONS = {
+    "teacher": TeacherConfig,
+    "space": SpaceConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "run": RunConfig,
+}
+KNOWN_SETUPS = ("get",)  # dse.distill.setups.SETUPS
+KNOWN_LOSSES = ("l1", "l2")  # dse.distill.losses.LOSSES
+
+
+def _build(cls, section: str, values: dict[str, Any], source: str):
+    """Make dataclass `cls` from a TOML table, rejecting unknown keys and wrong types."""
+    if not isinstance(values, dict):
+        raise DseError(f"{source}: [{section}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise DseError(
+            f"{source}: unknown key(s) {', '.join(unknown)} in [{section}]; "
+            f"known: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for key, value in values.items():
+        default = fields[key].default
+        kwargs[key] = _coerce(value, None if default is dataclasses.MISSING else default, f"{source}: [{section}] {key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check a TOML value against the type of its default; lists become tuples."""
+    if isinstance(value, list):
+        if isinstance(default, str):  # e.g. heads = [4, 8] where the default is "all"
+            pass
+        elif default is not None and not isinstance(default, tuple):
+            raise DseError(f"{where} must be a single value, not a list")
+        return tuple(value)
+    if isinstance(default, bool) or default is None:
+        return value
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(default, str) and isinstance(value, str):
+        return value
+    if isinstance(default, tuple) and isinstance(value, str):
+        return (value,)
+    if isinstance(default, str) and isinstance(value, (int, float)) and where.endswith("budget"):
+        return str(value)
+    raise DseError(f"{where} has the wrong type: got {value!r}, expected {type(default).__name__}")
+
+
+def study_from_dict(data: dict[str, Any], source: str = "<config>") -> StudyConfig:
+    """Build and validate a StudyConfig from parsed TOML."""
+    allowed = {"study", "data", *_SECTIONS}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise DseError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    study = data.get("study", {})
+    data_section = data.get("data", {})
+    for name, section, keys in (("study", study, {"name"}), ("data", data_section, {"dataset", "patch_size"})):
+        if not isinstance(section, dict):
+            raise DseError(f"{source}: [{name}] must be a table")
+        extra = sorted(set(section) - keys)
+        if extra:
+            raise DseError(f"{source}: unknown key(s) {', '.join(extra)} in [{name}]; known: {', '.join(sorted(keys))}")
+    parts = {name: _build(cls, name, data.get(name, {}), source) for name, cls in _SECTIONS.items()}
+    cfg = StudyConfig(
+        name=str(study.get("name", "")),
+        dataset=str(data_section.get("dataset", "digits")),
+        patch_size=int(data_section.get("patch_size", 2)),
+        **parts,
+    )
+    validate(cfg, source)
+    return cfg
+
+
+def validate(cfg: StudyConfig, source: str = "<config>") -> None:
+    """Raise DseError for settings that cannot work; messages name the key and the fix."""
+    from dse.sizing import parse_budget  # sizing imports config; import here to avoid a cycle
+
+    s, t, e = cfg.space, cfg.train, cfg.eval
+    if not s.budget:
+        raise DseError(f"{source}: [space] budget is required (e.g. budget = \"420k\")")
+    parse_budget(s.budget)
+    if not 0 < s.lower <= s.upper:
+        raise DseError(f"{source}: [space] needs 0 < lower <= upper (got lower={s.lower}, upper={s.upper})")
+    if any(w <= 0 or w % 4 for w in s.widths) or s.min_width < 4:
+        raise DseError(f"{source}: [space] widths must be positive multiples of 4 (the 2-D sin-cos position embedding splits the width in four)")
+    if s.min_depth < 1 or s.max_depth < s.min_depth:
+        raise DseError(f"{source}: [space] needs 1 <= min_depth <= max_depth")
+    if isinstance(s.heads, str) and s.heads not in ("all", "rule"):
+        raise DseError(f"{source}: [space] heads must be \"all\", \"rule\" or a list of integers, not {s.heads!r}")
+    for name, values, known in (("setups", s.setups, KNOWN_SETUPS), ("losses", s.losses, KNOWN_LOSSES)):
+        bad = [v for v in values if v not in known]
+        if bad or not values:
+            raise DseError(f"{source}: [space] {name} = {list(values)}: known values are {', '.join(known)}")
+    positive = {
+        "train.steps": t.steps, "train.batch_size": t.batch_size, "eval.num_samples": e.num_samples,
+        "eval.latency_num_images": e.latency_num_images, "eval.latency_batch": e.latency_batch,
+        "eval.latency_repeats": e.latency_repeats, "teacher.num_pairs": cfg.teacher.num_pairs,
+        "teacher.num_steps": cfg.teacher.num_steps, "teacher.shard_size": cfg.teacher.shard_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise DseError(f"{source}: {key} must be positive (got {value})")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise DseError(f"{source}: train.ema_decay must be in [0, 1) (got {t.ema_decay})")
+    if not 0.0 <= t.label_dropout < 1.0:
+        raise DseError(f"{source}: train.label_dropout must be in [0, 1) (got {t.label_dropout})")
+    if cfg.run.device not in ("auto", "cpu") and not cfg.run.device.startswith("cuda"):
+        raise DseError(f"{source}: run.device must be auto, cpu or cuda[:N] (got {cfg.run.device!r})")
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read a search-space TOML file into a validated StudyConfig."""
+    p = Path(path)
+    if not p.is_file():
+        raise DseError(f"space file not found: {p} (see search_spaces/ for examples)")
+    try:
+        data = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DseError(f"{p}: not valid TOML: {exc}") from None
+    cfg = study_from_dict(data, source=str(p))
+    if not cfg.name:
+        cfg = dataclasses.replace(cfg, name=p.stem)
+    return cfg
+
+
+def with_overrides(cfg: StudyConfig, **sections: dict[str, Any]) -> StudyConfig:
+    """A validated copy of `cfg` with some keys replaced (None leaves a key as it is), e.g.
+    `with_overrides(cfg, space={"budget": "5M"}, study={"name": "x"})`."""
+    raw = cfg.to_raw()
+    for section, values in sections.items():
+        raw[section].update({k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None})
+    return study_from_dict(raw, source="options")

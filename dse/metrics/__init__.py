@@ -1,0 +1,1 @@
+"""Metrics of a trained student: image quality, size and speed."""

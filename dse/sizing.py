@@ -1,0 +1,187 @@
+"""Owns budgets and model size: parsing budgets, counting DiT parameters by formula, the paper's
+design rules, and enumerating the architectures that fit a budget (pure Python, no torch).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from dse.config import Geometry, SpaceConfig, StudentArch
+from dse.errors import DseError
+
+# DiT's timestep embedder maps a 256-d sinusoidal frequency embedding to the width (DiT models.py).
+FREQUENCY_EMBEDDING_SIZE = 256
+
+_BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*([kKmM]?)\s*$")
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000}
+
+
+def parse_budget(budget: str | int | float) -> int:
+    """A parameter budget as an integer: "420k", "0.42M", "5M", "5e6" and 5000000 all work."""
+    if isinstance(budget, bool):
+        raise DseError(f"invalid budget {budget!r}")
+    if isinstance(budget, (int, float)):
+        value = float(budget)
+    else:
+        m = _BUDGET_RE.match(str(budget))
+        if not m:
+            raise DseError(
+                f"invalid budget {budget!r}: use a number of parameters such as 420k, 0.42M, 5M, 5e6 or 5000000"
+            )
+        mantissa, exponent, suffix = m.groups()
+        value = float(mantissa) * 10 ** int(exponent or 0) * _SUFFIX[suffix.lower()]
+    if not math.isfinite(value) or value < 1:
+        raise DseError(f"invalid budget {budget!r}: it must be a positive number of parameters")
+    return int(round(value))
+
+
+def format_count(n: int | float) -> str:
+    """420864 -> '421k', 4881612 -> '4.88M' (for tables and messages)."""
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.3g}k"
+    return str(int(n))
+
+
+def count_params(arch: StudentArch, geometry: Geometry) -> int:
+    """Parameters of the DiT student, by formula; equals `sum(p.numel())` of `dse.models.dit.DiT`.
+
+    Counts the frozen sin-cos position embedding and the null-class row (ARCHITECTURE.md).
+    """
+    w, p, c = arch.width, geometry.patch_size, geometry.channels
+    hidden = int(w * arch.mlp_ratio)
+    patch_embed = c * p * p * w + w  # Conv2d(c, w, p, stride p)
+    timestep_embed = FREQUENCY_EMBEDDING_SIZE * w + w + w * w + w  # Linear(256, w), Linear(w, w)
+    label_embed = (geometry.num_classes + 1) * w  # Embedding(K + 1, w): +1 is the null class
+    pos_embed = geometry.num_patches * w  # fixed sin-cos, (1, T, w)
+    attention = (w * 3 * w + 3 * w) + (w * w + w)  # qkv, proj
+    mlp = (w * hidden + hidden) + (hidden * w + w)  # fc1, fc2
+    adaln = w * 6 * w + 6 * w  # SiLU -> Linear(w, 6w): shift/scale/gate for attn and mlp
+    block = attention + mlp + adaln
+    final = (w * p * p * c + p * p * c) + (w * 2 * w + 2 * w)  # linear to patches, adaLN (shift, scale)
+    return patch_embed + timestep_embed + label_embed + pos_embed + arch.depth * block + final
+
+
+def default_widths(min_width: int = 8, max_width: int = 1024) -> list[int]:
+    """Widths of the form 2^n and 3*2^n in [min_width, max_width] (paper Sec. 3.2: hardware-friendly)."""
+    widths = set()
+    n = 0
+    while 2**n <= max_width:
+        for w in (2**n, 3 * 2**n):
+            if min_width <= w <= max_width and w % 4 == 0:  # the sin-cos embedding needs w % 4 == 0
+                widths.add(w)
+        n += 1
+    return sorted(widths)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def rule_heads(width: int) -> int:
+    """Design rule 3: h = min(median(factors(w))); for an even count both middle values are medians."""
+    f = divisors(width)
+    return f[(len(f) - 1) // 2]
+
+
+def rule_depth(width: int) -> int:
+    """Design rule 2: d = floor(log2 w)."""
+    return int(math.floor(math.log2(width)))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An architecture with its parameter count."""
+
+    arch: StudentArch
+    params: int
+
+    def to_dict(self) -> dict:
+        return {"depth": self.arch.depth, "width": self.arch.width, "heads": self.arch.heads, "params": self.params}
+
+
+def _band(budget: int, lower: float, upper: float) -> tuple[float, float]:
+    return lower * budget, upper * budget
+
+
+def _widths(space: SpaceConfig) -> list[int]:
+    return sorted(set(space.widths)) if space.widths else default_widths(space.min_width, space.max_width)
+
+
+def _heads_for(width: int, heads: str | tuple[int, ...]) -> list[int]:
+    if heads == "rule":
+        return [rule_heads(width)]
+    if heads == "all":
+        return divisors(width)
+    return [h for h in sorted(set(heads)) if h > 0 and width % h == 0]
+
+
+def enumerate_candidates(space: SpaceConfig, geometry: Geometry) -> list[Candidate]:
+    """Every (depth, width, heads) of the space with lower*budget <= params <= upper*budget.
+
+    Sorted by params, then width, depth, heads. An empty result is a DseError that says what the
+    smallest and largest models of the space are, so the user can move the budget or the band.
+    """
+    budget = parse_budget(space.budget)
+    lo, hi = _band(budget, space.lower, space.upper)
+    found = []
+    for w in _widths(space):
+        for d in range(space.min_depth, space.max_depth + 1):
+            n = count_params(StudentArch(d, w, 1, space.mlp_ratio), geometry)  # heads do not change the count
+            if n > hi:
+                break
+            if n >= lo:
+                found.extend(Candidate(StudentArch(d, w, h, space.mlp_ratio), n) for h in _heads_for(w, space.heads))
+    if not found:
+        raise DseError(_no_fit_message(space, geometry, budget))
+    return sorted(found, key=lambda c: (c.params, c.arch.width, c.arch.depth, c.arch.heads))
+
+
+def _no_fit_message(space: SpaceConfig, geometry: Geometry, budget: int) -> str:
+    widths = _widths(space)
+    smallest = min(count_params(StudentArch(space.min_depth, w, 1, space.mlp_ratio), geometry) for w in widths)
+    return (
+        f"no architecture fits a budget of {format_count(budget)} ({budget} parameters, band "
+        f"{space.lower:g}x-{space.upper:g}x) for {geometry.image_size}x{geometry.image_size}x{geometry.channels} "
+        f"images with {geometry.num_classes} classes; the smallest model of this space has {smallest} "
+        f"parameters: raise the budget, or widen the band with --lower/--upper"
+    )
+
+
+def propose(
+    budget: str | int, geometry: Geometry, *, lower: float = 0.8, upper: float = 1.02, mlp_ratio: float = 4.0,
+    widths: list[int] | None = None,
+) -> Candidate:
+    """The paper's design-rule architecture for a budget (Sec. 3.2, rules 2 and 3).
+
+    For each width w: depth = floor(log2 w), reduced only as far as needed to fit the band (a width
+    whose rule depth is already below the band is no candidate); heads = the lower median of the
+    divisors of w. Among widths, the one whose depth departs least from floor(log2 w) wins, ties to
+    more parameters.
+    """
+    b = parse_budget(budget)
+    lo, hi = _band(b, lower, upper)
+    best: tuple[int, int, Candidate] | None = None
+    for w in widths or default_widths():
+        d0 = rule_depth(w)
+        for d in range(d0, 0, -1):
+            n = count_params(StudentArch(d, w, 1, mlp_ratio), geometry)
+            if n <= hi:
+                break
+        else:
+            continue
+        if n < lo:
+            continue
+        cand = Candidate(StudentArch(d, w, rule_heads(w), mlp_ratio), n)
+        key = (d0 - d, -n)
+        if best is None or key < best[:2]:
+            best = (*key, cand)
+    if best is None:
+        raise DseError(
+            f"no width satisfies the design rules for a budget of {format_count(b)} ({b} parameters) for "
+            f"{geometry.image_size}x{geometry.image_size}x{geometry.channels} images: raise the budget or widen the band"
+        )
+    return best[2]

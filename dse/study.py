@@ -1,0 +1,171 @@
+"""Owns a study end to end: resolve the candidates of a space, make sure the teacher pairs exist,
+run the trials that are not yet complete through the executor, and write the Pareto report.
+
+Everything a user can get wrong (space file, budget, band) is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from dse.config import Geometry, StudyConfig, study_from_dict, with_overrides
+from dse.errors import DseError
+from dse.sizing import Candidate, enumerate_candidates, parse_budget, propose
+from dse.store import ResultsStore
+from dse.trial import TrialSpec
+
+OnEvent = Callable[[str, str, dict], None]
+STUDY_FILE = "study.json"  # the resolved config of a study, saved in its directory
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What a study will run, computed without side effects."""
+
+    config: StudyConfig
+    geometry: Geometry
+    candidates: list[Candidate]
+    proposal: Candidate | None
+    specs: list[TrialSpec]
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.config.run.results_dir) / self.config.name
+
+    @property
+    def store(self) -> ResultsStore:
+        return ResultsStore(self.study_dir / "trials")
+
+    @property
+    def report_path(self) -> Path:
+        return Path(self.config.run.reports_dir) / f"{self.config.name}.html"
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    plan: StudyPlan
+    report_path: Path
+    num_complete: int
+    num_failed: int
+    skipped: int
+    front: list[dict]
+
+
+def geometry_of(cfg: StudyConfig) -> Geometry:
+    from dse.data.datasets import dataset_geometry
+
+    return dataset_geometry(cfg.dataset, cfg.patch_size)
+
+
+def design_rule(cfg: StudyConfig, geometry: Geometry) -> Candidate | None:
+    """The design-rule proposal for the study's budget and band, or None when no width qualifies."""
+    s = cfg.space
+    try:
+        return propose(s.budget, geometry, lower=s.lower, upper=s.upper, mlp_ratio=s.mlp_ratio)
+    except DseError:
+        return None
+
+
+def plan_study(cfg: StudyConfig) -> StudyPlan:
+    """Candidates x setups x losses of the space, as trial specs; raises DseError if none fit."""
+    geometry = geometry_of(cfg)
+    candidates = enumerate_candidates(cfg.space, geometry)
+    proposal = design_rule(cfg, geometry)
+    budget = parse_budget(cfg.space.budget)
+    specs = []
+    for cand in candidates:
+        for setup in cfg.space.setups:
+            for loss in cfg.space.losses:
+                train = dataclasses.replace(cfg.train, setup=setup, loss=loss)
+                specs.append(TrialSpec(
+                    study=cfg.name, dataset=cfg.dataset, geometry=geometry, arch=cand.arch, train=train,
+                    eval=cfg.eval, pairs_dir=str(cfg.pairs_dir().resolve()), budget=budget,
+                    proposed=proposal is not None and cand.arch == proposal.arch, device=cfg.run.device,
+                ))
+    return StudyPlan(cfg, geometry, candidates, proposal, specs)
+
+
+def ensure_pairs(cfg: StudyConfig, progress: Callable[[int, int, float], None] | None = None) -> Path:
+    """Generate the study's teacher pairs unless the store already holds enough of them."""
+    from dse.teacher import generate_pairs
+    from dse.teacher.edm import SamplerSettings
+
+    t = cfg.teacher
+    return generate_pairs(
+        cfg.pairs_dir(), dataset=cfg.dataset, teacher=t.kind, num_pairs=t.num_pairs, seed=t.seed,
+        settings=SamplerSettings(t.num_steps, t.sigma_min, t.sigma_max, t.rho), shard_size=t.shard_size,
+        progress=progress,
+    )
+
+
+def run_study(
+    cfg: StudyConfig, *, on_event: OnEvent | None = None,
+    on_pairs: Callable[[int, int, float], None] | None = None,
+) -> StudyOutcome:
+    """Run every trial of the study that is not complete in its store, then write the report."""
+    from dse.executor import run_trials
+
+    plan = plan_study(cfg)
+    plan.study_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(plan.study_dir / STUDY_FILE, cfg.to_json())
+    ensure_pairs(cfg, on_pairs)
+    store = plan.store
+    done = store.completed_ids()
+    todo = [s for s in plan.specs if s.trial_id not in done]
+    run_trials(
+        todo, store.root, storage_dir=plan.study_dir, cpus_per_trial=cfg.run.cpus_per_trial,
+        gpus_per_trial=cfg.run.gpus_per_trial, address=cfg.run.address, on_event=on_event,
+    )
+    return _finish(plan, skipped=len(plan.specs) - len(todo))
+
+
+def _finish(plan: StudyPlan, skipped: int) -> StudyOutcome:
+    from dse.pareto import pareto_front
+
+    df = plan.store.read()
+    report = write_study_report(plan)
+    mine = df[df["trial_id"].isin({s.trial_id for s in plan.specs})]
+    front = mine[pareto_front(mine)] if len(mine) else mine
+    cols = ["trial_id", "depth", "width", "heads", "params", "fd", "latency_s"]
+    return StudyOutcome(
+        plan=plan, report_path=report,
+        num_complete=int((mine["status"] == "complete").sum()), num_failed=int((mine["status"] == "failed").sum()),
+        skipped=skipped, front=front.sort_values("params")[cols].to_dict("records"),
+    )
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def load_study_dir(name: str, results_dir: str = "results") -> StudyConfig:
+    """The resolved config that `dse run` saved for study `name`."""
+    path = Path(results_dir) / name / STUDY_FILE
+    if not path.is_file():
+        known = sorted(p.parent.name for p in Path(results_dir).glob(f"*/{STUDY_FILE}"))
+        raise DseError(f"no study {name!r} in {results_dir}/ (looked for {path}); known studies: {', '.join(known) or 'none'}")
+    return study_from_dict(json.loads(path.read_text()), source=str(path))
+
+
+def report_study(name: str, results_dir: str = "results", reports_dir: str | None = None) -> Path:
+    """Re-render the report of an existing study."""
+    cfg = load_study_dir(name, results_dir)
+    if reports_dir:
+        cfg = with_overrides(cfg, run={"reports_dir": reports_dir})
+    return write_study_report(plan_study(cfg))
+
+
+def write_study_report(plan: StudyPlan) -> Path:
+    """Render the study's store as the HTML Pareto report."""
+    from dse.report import write_report
+
+    proposal = plan.proposal
+    proposed = None if proposal is None else proposal.to_dict()
+    title = f"dse study {plan.config.name}: {plan.config.dataset}, budget {plan.config.space.budget}"
+    return write_report(plan.store.read(), plan.report_path, proposed=proposed, title=title)

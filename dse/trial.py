@@ -1,0 +1,158 @@
+"""Owns one trial, the one place where the stages meet: pairs -> student -> distillation ->
+image quality, latency and size -> one store row. A plain function of a frozen spec (no Ray here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import socket
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from dse.config import EvalConfig, Geometry, StudentArch, TrainConfig
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything one trial needs; the same spec gives the same row (up to timings)."""
+
+    study: str
+    dataset: str
+    geometry: Geometry
+    arch: StudentArch
+    train: TrainConfig
+    eval: EvalConfig
+    pairs_dir: str
+    budget: int
+    proposed: bool = False
+    device: str = "auto"
+    threads: int = 0  # 0: leave torch's default
+
+    @property
+    def trial_id(self) -> str:
+        """Readable and unique: architecture, setup, loss and a hash of everything that shapes the row."""
+        key = json.dumps(
+            {k: v for k, v in dataclasses.asdict(self).items() if k not in ("study", "device", "threads", "proposed", "budget")},
+            sort_keys=True,
+        )
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        return f"{self.arch.name}-{self.train.setup}-{self.train.loss}-{digest}"
+
+
+@dataclass
+class TrialResult:
+    row: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.row["status"] == "complete"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_sha() -> str | None:
+    """The commit of the dse checkout in use, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _base_row(spec: TrialSpec) -> dict[str, Any]:
+    import dse
+
+    t, g, a = spec.train, spec.geometry, spec.arch
+    from dse.sizing import count_params
+
+    return {
+        "trial_id": spec.trial_id, "study": spec.study, "dataset": spec.dataset,
+        "image_size": g.image_size, "channels": g.channels, "num_classes": g.num_classes, "patch_size": g.patch_size,
+        "depth": a.depth, "width": a.width, "heads": a.heads, "mlp_ratio": a.mlp_ratio,
+        "setup": t.setup, "loss": t.loss, "budget": spec.budget, "proposed": spec.proposed,
+        "steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay,
+        "ema_decay": t.ema_decay, "label_dropout": t.label_dropout, "seed": t.seed, "pairs_dir": spec.pairs_dir,
+        "config_json": json.dumps(dataclasses.asdict(spec), sort_keys=True),
+        "params": count_params(a, g), "guidance": spec.eval.guidance,
+        "host": socket.gethostname(), "started_at": _now(), "dse_version": dse.__version__,
+        "python_version": platform.python_version(), "git_sha": git_sha(),
+    }
+
+
+def run_trial(spec: TrialSpec, progress: Callable[[str, dict], None] | None = None) -> TrialResult:
+    """Train and measure one candidate. Never raises for a failing candidate: the row then has
+    status "failed" and the error, so a study goes on with the other trials."""
+    row = _base_row(spec)
+    try:
+        row.update(_train_and_measure(spec, progress))
+        row["status"], row["error"] = "complete", None
+    except Exception as exc:  # noqa: BLE001 - any failure of one trial is recorded, not propagated
+        row["status"] = "failed"
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        if progress:
+            progress("failed", {"error": row["error"], "traceback": traceback.format_exc()})
+    row["finished_at"] = _now()
+    return TrialResult(row)
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | None) -> dict[str, Any]:
+    import torch
+
+    from dse.data.pairs import PairStore
+    from dse.distill.train import train_student
+    from dse.metrics.fid import image_quality
+    from dse.metrics.latency import measure_latency
+    from dse.metrics.samples import sample_images
+    from dse.models.dit import DiT, count_module_params
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    device = resolve_device(spec.device)
+    pairs = PairStore.open(spec.pairs_dir)
+    torch.manual_seed(spec.train.seed)
+    student = DiT(spec.arch, spec.geometry, label_dropout=spec.train.label_dropout)
+
+    def on_step(step: int, loss: float) -> None:
+        if progress:
+            progress("train", {"step": step, "steps": spec.train.steps, "loss": loss})
+
+    trained = train_student(student, pairs, spec.train, device, progress=on_step)
+    eval_start = time.perf_counter()
+    images, _ = sample_images(
+        trained.ema, spec.eval.num_samples, guidance=spec.eval.guidance, seed=spec.eval.seed, device=device
+    )
+    quality = image_quality(images, spec.dataset, device=str(device))
+    if progress:
+        progress("quality", quality)
+    latency = measure_latency(
+        trained.ema, num_images=spec.eval.latency_num_images, batch_size=spec.eval.latency_batch,
+        guidance=spec.eval.guidance, repeats=spec.eval.latency_repeats, device=device,
+    )
+    return {
+        **quality, **latency,
+        "params": count_module_params(trained.ema),
+        "pairs_teacher": pairs.manifest["teacher"]["kind"], "pairs_num": len(pairs),
+        "final_loss": trained.final_loss, "train_seconds": trained.seconds,
+        "train_images_per_s": trained.images_per_second, "eval_seconds": time.perf_counter() - eval_start,
+        "device": str(device), "torch_version": torch.__version__,
+    }

@@ -1,0 +1,94 @@
+import random
+
+import pytest
+
+from dse.config import Geometry, SpaceConfig, StudentArch
+from dse.errors import DseError
+from dse.sizing import count_params, default_widths, enumerate_candidates, parse_budget, propose, rule_heads
+
+CIFAR = Geometry(32, 3, 10)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("420k", 420_000), ("0.42M", 420_000), ("5M", 5_000_000), ("5e6", 5_000_000), (5_000_000, 5_000_000),
+     ("2.2M", 2_200_000), ("420K", 420_000), ("1.5e3k", 1_500_000)],
+)
+def test_parse_budget_accepts_the_documented_forms(text, expected):
+    assert parse_budget(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["5X", "", "M", "-5M", "0", "five", "5MM", "1e", True, float("nan")])
+def test_parse_budget_rejects_anything_else(bad):
+    with pytest.raises(DseError):
+        parse_budget(bad)
+
+
+def test_count_params_equals_the_module_on_random_architectures():
+    from dse.models.dit import DiT, count_module_params
+
+    rng = random.Random(0)
+    for _ in range(120):
+        width = rng.choice([8, 12, 16, 24, 32, 48, 64, 96])
+        heads = rng.choice([h for h in range(1, width + 1) if width % h == 0])
+        geometry = Geometry(rng.choice([4, 8, 16, 32]), rng.choice([1, 3, 4]), rng.choice([1, 10, 100]),
+                            patch_size=rng.choice([1, 2, 4]))
+        arch = StudentArch(rng.randint(1, 4), width, heads, mlp_ratio=rng.choice([2.0, 4.0]))
+        assert count_params(arch, geometry) == count_module_params(DiT(arch, geometry)), (arch, geometry)
+
+
+def test_paper_table2_counts_fall_in_the_papers_0_42M_group():
+    # Paper Table 2 (0.42M): its models have 413k-421k parameters.
+    for d, w in [(1, 128), (2, 96), (5, 64), (9, 48), (21, 32)]:
+        assert 413_000 <= count_params(StudentArch(d, w, 4), CIFAR) <= 421_100
+
+
+@pytest.mark.parametrize(
+    "budget, arch",
+    [("0.42M", (5, 64, 8)), ("2.2M", (7, 128, 8)), ("5M", (7, 192, 12))],
+)
+def test_propose_gives_the_papers_proposals_for_cifar10(budget, arch):
+    c = propose(budget, CIFAR)
+    assert (c.arch.depth, c.arch.width, c.arch.heads) == arch
+    assert 0.8 * parse_budget(budget) <= c.params <= 1.02 * parse_budget(budget)
+
+
+def test_rule_heads_is_the_lower_median_of_the_divisors():
+    assert rule_heads(64) == 8  # 1 2 4 [8] 16 32 64
+    assert rule_heads(128) == 8  # 1 2 4 [8 16] 32 64 128
+    assert rule_heads(192) == 12  # ... 8 [12 16] 24 ...
+    assert rule_heads(48) == 6  # 1 2 3 4 [6 8] 12 16 24 48
+    assert rule_heads(36) == 6  # 1 2 3 4 [6] 9 12 18 36
+
+
+def test_enumerate_holds_exactly_the_band_and_divisor_heads():
+    space = SpaceConfig(budget="0.42M")
+    cands = enumerate_candidates(space, CIFAR)
+    names = {(c.arch.depth, c.arch.width, c.arch.heads) for c in cands}
+    for row in [(1, 128, 8), (2, 96, 8), (5, 64, 4), (5, 64, 8), (9, 48, 6), (21, 32, 4)]:  # paper Table 2
+        assert row in names
+    for c in cands:
+        assert 0.8 * 420_000 <= c.params <= 1.02 * 420_000
+        assert c.arch.width % c.arch.heads == 0
+        assert c.arch.width in default_widths()
+    # completeness: every (d, w) of the band is there, checked by brute force
+    expected = {(d, w) for w in default_widths() for d in range(1, 65)
+                if 336_000 <= count_params(StudentArch(d, w, 1), CIFAR) <= 428_400}
+    assert {(c.arch.depth, c.arch.width) for c in cands} == expected
+
+
+def test_enumerate_respects_listed_widths_heads_and_band():
+    space = SpaceConfig(budget="0.42M", widths=(64,), heads=(4, 8, 5), lower=0.99, upper=1.01)
+    cands = enumerate_candidates(space, CIFAR)
+    assert [(c.arch.depth, c.arch.width, c.arch.heads) for c in cands] == [(5, 64, 4), (5, 64, 8)]
+
+
+def test_hard_cap_excludes_models_over_the_budget():
+    cands = enumerate_candidates(SpaceConfig(budget="421000", upper=1.0), CIFAR)
+    assert max(c.params for c in cands) <= 421_000
+    assert (5, 64) not in {(c.arch.depth, c.arch.width) for c in cands}  # 421,068 params
+
+
+def test_budget_below_the_smallest_model_is_a_clear_error():
+    with pytest.raises(DseError, match="smallest model"):
+        enumerate_candidates(SpaceConfig(budget="1k"), CIFAR)
