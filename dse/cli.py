@@ -38,8 +38,8 @@ def _echo(text: str = "") -> None:
     typer.echo(text)
 
 
-def _study(space: Optional[Path], **overrides: dict) -> StudyConfig:
-    cfg = load_study(space or DEMO_SPACE)
+def _study(space_file: Optional[Path], **overrides: dict) -> StudyConfig:
+    cfg = load_study(space_file or DEMO_SPACE)
     return with_overrides(cfg, **overrides) if any(v is not None for o in overrides.values() for v in o.values()) else cfg
 
 

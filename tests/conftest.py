@@ -5,15 +5,12 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    """One dse cache for the session (the digits classifier is trained once into it)."""
-    return tmp_path_factory.mktemp("dse-cache")
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(shared_cache, monkeypatch):
-    monkeypatch.setenv("DSE_CACHE", str(shared_cache))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tests never read or write the user's ~/.cache/dse: one fresh cache for the session."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSE_CACHE", str(tmp_path_factory.mktemp("dse-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

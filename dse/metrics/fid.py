@@ -121,7 +121,7 @@ def _train_digits_classifier(cfg: ClassifierTraining) -> tuple[dict[str, torch.T
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # (N, 1, 8, 8) uint8
     y = torch.from_numpy(data.labels)
     start = time.perf_counter()
-    with _single_thread(), torch.random.fork_rng(devices=[]):
+    with _single_thread(), torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(cfg.seed)
         net = DigitsClassifier()
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
