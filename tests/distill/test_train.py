@@ -1,0 +1,82 @@
+import numpy as np
+import torch
+
+from dse.config import Geometry, StudentArch, TrainConfig
+from dse.data.pairs import PairStore
+from dse.distill.losses import l1, l2
+from dse.distill.setups import GET, Batch
+from dse.distill.train import EMA, TrainingDiverged, batches, train_student
+from dse.models.dit import DiT
+
+G = Geometry(8, 1, 10)
+
+
+def test_losses_against_their_formulas():
+    a, b = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.0, 1.0]])
+    assert l2(a, b).item() == (1 + 9) / 2
+    assert l1(a, b).item() == (1 + 3) / 2
+    assert l2(a, a).item() == 0
+
+
+def test_get_regresses_the_student_image_onto_the_teacher_image():
+    model = DiT(StudentArch(1, 16, 2), G, label_dropout=0.0).eval()
+    z, y, x = torch.randn(4, 1, 8, 8), torch.arange(4), torch.randn(4, 1, 8, 8)
+    loss = GET(l2)(model, Batch(z, y, x))
+    assert torch.allclose(loss, ((model(z, y) - x) ** 2).mean())
+
+
+def test_batches_cover_each_epoch_once():
+    it = batches(10, 4, np.random.default_rng(0))
+    first_epoch = np.concatenate([next(it), next(it)])
+    assert len(set(first_epoch)) == 8  # 2 full batches, the short one dropped
+    assert len(next(batches(3, 8, np.random.default_rng(0)))) == 3  # small store: one batch of all
+
+
+def test_ema_warmup_follows_the_model_early():
+    model = torch.nn.Linear(1, 1, bias=False)
+    model.weight.data.fill_(0.0)
+    ema = EMA(model, decay=0.9999)
+    model.weight.data.fill_(1.0)
+    ema.update(model)  # decay_1 = min(0.9999, 2 / 11)
+    assert abs(ema.model.weight.item() - 9 / 11) < 1e-6
+    for _ in range(99):
+        ema.update(model)
+    # decay_t = (1 + t) / (10 + t) -> the EMA weight is 1 - prod_t decay_t
+    expected = 1 - np.prod([(1 + t) / (10 + t) for t in range(1, 101)])
+    assert abs(ema.model.weight.item() - expected) < 1e-5
+    assert not ema.model.weight.requires_grad
+
+
+def test_training_lowers_the_loss_and_is_deterministic(tiny_pairs):
+    pairs = PairStore.open(tiny_pairs)
+    cfg = TrainConfig(steps=40, batch_size=64, lr=1e-3, seed=3)
+
+    def run():
+        torch.manual_seed(cfg.seed)
+        losses = []
+        out = train_student(DiT(StudentArch(2, 32, 4), G), pairs, cfg, torch.device("cpu"),
+                            progress=lambda s, l: losses.append(l), progress_every=1)
+        return out, losses
+
+    a, losses = run()
+    b, _ = run()
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    for p, q in zip(a.ema.parameters(), b.ema.parameters()):
+        assert torch.equal(p, q)
+    assert a.steps == 40 and a.images_per_second > 0
+
+
+def test_nan_loss_stops_training_with_the_step(tmp_path):
+    from dse.data.pairs import PairWriter
+
+    meta = {"teacher": {"kind": "t"}, "sampler": {}, "dataset": "digits", "seed": 0, "image_dtype": "float32"}
+    x = np.zeros((8, 1, 8, 8), np.float32)
+    x[3] = np.nan
+    PairWriter(tmp_path, meta).append(np.zeros((8, 1, 8, 8)), np.arange(8), x)
+    cfg = TrainConfig(steps=5, batch_size=8, seed=0)
+    try:
+        train_student(DiT(StudentArch(1, 16, 2), G), PairStore.open(tmp_path), cfg, torch.device("cpu"))
+    except TrainingDiverged as exc:
+        assert "at step 1" in str(exc)
+    else:
+        raise AssertionError("a NaN image must stop training")

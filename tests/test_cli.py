@@ -1,0 +1,113 @@
+"""The `dse` command as a user runs it: subprocesses, exit codes, one-line errors, nothing written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dse.config import Geometry, StudentArch
+from dse.sizing import count_params
+
+ROOT = Path(__file__).resolve().parent.parent
+CIFAR = ["--image-size", "32", "--channels", "3", "--num-classes", "10"]
+
+
+def dse(*args, cwd=None, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "dse", *args], capture_output=True, text=True, cwd=cwd or ROOT,
+                          env=env, timeout=timeout)
+
+
+def test_importing_the_cli_loads_neither_torch_nor_ray():
+    code = "import sys, dse.cli; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("budget, arch", [("0.42M", [5, 64, 8]), ("2.2M", [7, 128, 8]), ("5M", [7, 192, 12])])
+def test_propose_json_gives_the_papers_proposals(budget, arch):
+    out = dse("propose", "--budget", budget, *CIFAR, "--json")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert [got["depth"], got["width"], got["heads"]] == arch
+    assert got["params"] == count_params(StudentArch(*arch), Geometry(32, 3, 10))
+
+
+def test_space_lists_the_papers_table2_with_counts():
+    out = dse("space", "--budget", "0.42M", *CIFAR, "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {(r["depth"], r["width"], r["heads"]): r for r in json.loads(out.stdout)["candidates"]}
+    for arch in [(1, 128, 8), (2, 96, 8), (5, 64, 4), (5, 64, 8), (9, 48, 6), (21, 32, 4)]:
+        assert rows[arch]["params"] == count_params(StudentArch(*arch), Geometry(32, 3, 10))
+    assert [a for a, r in rows.items() if r["design_rule"]] == [(5, 64, 8)]
+    table = dse("space", "--budget", "0.42M", *CIFAR)
+    assert "421,068" in table.stdout and "design rule" in table.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--budget", "5X"], "invalid budget '5X'"),
+        (["run", "--space", "no/such/space.toml"], "space file not found"),
+        (["run", "--budget", "1k"], "no architecture fits"),
+        (["propose", "--budget", "5X"], "invalid budget"),
+        (["space", "--budget", "10"], "no architecture fits"),
+        (["report", "nope"], "no study 'nope'"),
+    ],
+)
+def test_user_mistakes_print_one_line_and_exit_2_writing_nothing(tmp_path, args, message):
+    out = dse(*args, "--results-dir", str(tmp_path / "results")) if args[0] in ("run", "report") else dse(*args)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+SPACE = """
+[study]
+name = "tiny"
+[data]
+dataset = "digits"
+[teacher]
+num_pairs = 256
+num_steps = 6
+[space]
+budget = "20k"
+widths = [16]
+heads = [2, 4]
+[train]
+steps = 15
+batch_size = 64
+lr = 1e-3
+[eval]
+num_samples = 200
+latency_num_images = 256
+latency_repeats = 1
+"""
+
+
+def test_run_end_to_end_then_resume_and_report(tmp_path):
+    space = tmp_path / "tiny.toml"
+    space.write_text(SPACE)
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    opts = ["--space", str(space), "--results-dir", str(results), "--reports-dir", str(reports)]
+    out = dse("run", *opts)
+    assert out.returncode == 0, out.stdout + out.stderr
+    df = pd.concat(pd.read_parquet(p) for p in (results / "tiny" / "trials").glob("*.parquet"))
+    assert len(df) == 2 and set(df["status"]) == {"complete"} and set(df["heads"]) == {2, 4}
+    in_band = [d for d in range(1, 20) if 16_000 <= count_params(StudentArch(d, 16, 1), Geometry(8, 1, 10)) <= 20_400]
+    assert set(df["depth"]) == set(in_band) and len(in_band) == 1
+    assert (df["params"] == count_params(StudentArch(in_band[0], 16, 2), Geometry(8, 1, 10))).all()
+    report = reports / "tiny.html"
+    assert report.is_file() and f"d{in_band[0]}-w16-h4" in report.read_text()
+    assert str(report) in out.stdout and "Pareto front" in out.stdout
+
+    again = dse("run", *opts)  # resume: everything is complete, nothing is retrained
+    assert again.returncode == 0 and "2 already in the store" in again.stdout and "started" not in again.stdout
+    report.unlink()
+    assert dse("report", "tiny", "--results-dir", str(results), "--reports-dir", str(reports)).returncode == 0
+    assert report.is_file()

@@ -1,0 +1,45 @@
+import dataclasses
+
+from dse.config import EvalConfig, Geometry, StudentArch, TrainConfig
+from dse.sizing import count_params
+from dse.store import ResultsStore
+from dse.trial import TrialSpec, run_trial
+
+
+def tiny_spec(pairs_dir, **changes) -> TrialSpec:
+    spec = TrialSpec(
+        study="t", dataset="digits", geometry=Geometry(8, 1, 10), arch=StudentArch(2, 16, 2),
+        train=TrainConfig(steps=20, batch_size=64, lr=1e-3),
+        eval=EvalConfig(num_samples=200, latency_num_images=256, latency_batch=128, latency_repeats=2),
+        pairs_dir=str(pairs_dir), budget=20_000,
+    )
+    return dataclasses.replace(spec, **changes)
+
+
+def test_a_trial_gives_a_complete_row_with_provenance(tiny_pairs, tmp_path):
+    spec = tiny_spec(tiny_pairs)
+    events = []
+    row = run_trial(spec, lambda kind, data: events.append(kind)).row
+    assert row["status"] == "complete" and row["error"] is None
+    assert row["params"] == count_params(spec.arch, spec.geometry)
+    assert row["fd"] > 0 and row["fd_extractor"] == "dse-digits-classifier-v1" and row["fd_num_samples"] == 200
+    assert row["latency_s"] > 0 and row["latency_num_images"] == 256 and row["latency_batch"] == 128
+    assert row["latency_device"] == "cpu" and row["pairs_num"] == 512
+    assert "train" in events and "quality" in events
+    ResultsStore(tmp_path).write(row)  # the row fits the store schema
+    assert ResultsStore(tmp_path).completed_ids() == {spec.trial_id}
+
+
+def test_trial_ids_depend_on_what_shapes_the_row():
+    a = tiny_spec("/p")
+    assert a.trial_id == tiny_spec("/p", device="cuda", study="other").trial_id
+    assert a.trial_id != tiny_spec("/p", arch=StudentArch(2, 16, 4)).trial_id
+    assert a.trial_id != tiny_spec("/p", train=dataclasses.replace(a.train, steps=21)).trial_id
+    assert a.trial_id.startswith("d2-w16-h2-get-l2-")
+
+
+def test_a_failing_trial_is_a_failed_row_not_an_exception(tmp_path):
+    row = run_trial(tiny_spec(tmp_path / "no-pairs")).row
+    assert row["status"] == "failed"
+    assert "manifest.json is missing" in row["error"]
+    assert row["params"] == count_params(StudentArch(2, 16, 2), Geometry(8, 1, 10))
