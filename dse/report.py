@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -524,16 +523,8 @@ td .badge { margin-left: 6px; }
 def write_report(df: pd.DataFrame, path: str | os.PathLike[str], **kwargs: Any) -> Path:
     """Compute and render the report for `df` and write it to `path` atomically (a temporary file in
     the same folder, then `os.replace`), creating the folder; `kwargs` go to `compute_report_data`."""
-    page = render_html(compute_report_data(df, **kwargs))
+    from dse.fileio import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, render_html(compute_report_data(df, **kwargs)))
     return path

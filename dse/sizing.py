@@ -141,13 +141,13 @@ def enumerate_candidates(space: SpaceConfig, geometry: Geometry) -> list[Candida
 
 
 def _no_fit_message(space: SpaceConfig, geometry: Geometry, budget: int) -> str:
-    widths = _widths(space)
-    smallest = min(count_params(StudentArch(space.min_depth, w, 1, space.mlp_ratio), geometry) for w in widths)
+    sizes = [count_params(StudentArch(d, w, 1, space.mlp_ratio), geometry)
+             for w in _widths(space) for d in (space.min_depth, space.max_depth)]
     return (
         f"no architecture fits a budget of {format_count(budget)} ({budget} parameters, band "
         f"{space.lower:g}x-{space.upper:g}x) for {geometry.image_size}x{geometry.image_size}x{geometry.channels} "
-        f"images with {geometry.num_classes} classes; the smallest model of this space has {smallest} "
-        f"parameters: raise the budget, or widen the band with --lower/--upper"
+        f"images with {geometry.num_classes} classes: the models of this space have {min(sizes):,} to "
+        f"{max(sizes):,} parameters; change the budget, the space's widths/depths, or the band (--lower/--upper)"
     )
 
 

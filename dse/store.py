@@ -4,11 +4,11 @@ written atomically (temporary name, then rename), read back as one pandas DataFr
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from dse.errors import DseError
+from dse.fileio import atomic_writer
 
 # The schema of a trial row: (column, pyarrow type name). Declared once; everything else reads it.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -68,11 +68,9 @@ class ResultsStore:
         if not row.get("trial_id") or row.get("status") not in STATUSES:
             raise ValueError("a row needs a trial_id and a status in " + ", ".join(STATUSES))
         table = pa.Table.from_pylist([{name: row.get(name) for name in COLUMN_NAMES}], schema=schema())
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.path_for(row["trial_id"])
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        with atomic_writer(path) as f:
+            pq.write_table(table, f)
         return path
 
     def files(self) -> list[Path]:

@@ -14,6 +14,7 @@ from typing import Callable
 
 from dse.config import Geometry, StudyConfig, study_from_dict, with_overrides
 from dse.errors import DseError
+from dse.fileio import atomic_write
 from dse.sizing import Candidate, enumerate_candidates, parse_budget, propose
 from dse.store import ResultsStore
 from dse.trial import TrialSpec
@@ -110,8 +111,7 @@ def run_study(
     from dse.executor import run_trials
 
     plan = plan_study(cfg)
-    plan.study_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(plan.study_dir / STUDY_FILE, cfg.to_json())
+    atomic_write(plan.study_dir / STUDY_FILE, cfg.to_json())
     ensure_pairs(cfg, on_pairs)
     store = plan.store
     done = store.completed_ids()
@@ -136,12 +136,6 @@ def _finish(plan: StudyPlan, skipped: int) -> StudyOutcome:
         num_complete=int((mine["status"] == "complete").sum()), num_failed=int((mine["status"] == "failed").sum()),
         skipped=skipped, front=front.sort_values("params")[cols].to_dict("records"),
     )
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def load_study_dir(name: str, results_dir: str = "results") -> StudyConfig:

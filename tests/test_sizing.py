@@ -89,6 +89,10 @@ def test_hard_cap_excludes_models_over_the_budget():
     assert (5, 64) not in {(c.arch.depth, c.arch.width) for c in cands}  # 421,068 params
 
 
-def test_budget_below_the_smallest_model_is_a_clear_error():
-    with pytest.raises(DseError, match="smallest model"):
-        enumerate_candidates(SpaceConfig(budget="1k"), CIFAR)
+def test_budget_outside_the_space_is_a_clear_error_with_the_range():
+    smallest = count_params(StudentArch(1, 8, 1), CIFAR)
+    largest = count_params(StudentArch(64, 1024, 1), CIFAR)
+    for budget in ("1k", "1e12"):
+        with pytest.raises(DseError, match="no architecture fits") as err:
+            enumerate_candidates(SpaceConfig(budget=budget), CIFAR)
+        assert f"{smallest:,} to {largest:,} parameters" in str(err.value)

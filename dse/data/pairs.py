@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dse.errors import DseError
+from dse.fileio import atomic_write, atomic_writer
 
 FORMAT = "dse-pairs-v1"
 MANIFEST = "manifest.json"
@@ -36,17 +36,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_writer(path) as f:
         np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 class PairWriter:
@@ -91,7 +83,7 @@ class PairWriter:
         self.manifest["shards"].append({"start": self.num_pairs, "count": n, "files": files})
         self.manifest["num_pairs"] = self.num_pairs + n
         self.manifest["shapes"] = {"z": list(arrays["z"].shape[1:]), "x": list(arrays["x"].shape[1:])}
-        _atomic_write_bytes(self.root / MANIFEST, json.dumps(self.manifest, indent=2).encode())
+        atomic_write(self.root / MANIFEST, json.dumps(self.manifest, indent=2))
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:

@@ -13,8 +13,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -32,6 +30,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from dse.data.datasets import load_dataset, load_digits
 from dse.errors import DseError
+from dse.fileio import atomic_write
 from dse.metrics.assets import extractors_dir, fidelity_cache_dir
 
 DIGITS_EXTRACTOR = "dse-digits-classifier-v1"
@@ -102,8 +101,8 @@ def ensure_digits_classifier() -> Path:
     torch.save(state, buffer)
     weights = buffer.getvalue()
     info["sha256"] = hashlib.sha256(weights).hexdigest()
-    _write_atomic(path.with_suffix(".json"), json.dumps(info, indent=2).encode())
-    _write_atomic(path, weights)
+    atomic_write(path.with_suffix(".json"), json.dumps(info, indent=2))
+    atomic_write(path, weights)
     return path
 
 
@@ -159,18 +158,6 @@ def _single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class DigitsClassifierExtractor(FeatureExtractorBase):
