@@ -224,9 +224,14 @@ class DiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, w * p)
 
-    def condition(self, y: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The conditioning vector c (B, w): constant-time embedding plus label embedding."""
-        t = torch.full((y.shape[0],), STUDENT_TIME, device=y.device)
+    def condition(
+        self, y: torch.Tensor, train: bool = False, generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The conditioning vector c (B, w): time embedding plus label embedding. The one-step
+        student leaves `t` out (a constant, STUDENT_TIME); a denoiser built on DiT passes its noise level."""
+        if t is None:
+            t = torch.full((y.shape[0],), STUDENT_TIME, device=y.device)
         return self.t_embedder(t) + self.y_embedder(y, train, generator)
 
     def decode(self, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -235,14 +240,15 @@ class DiT(nn.Module):
 
     def forward(
         self, z: torch.Tensor, y: torch.Tensor, *, return_features: bool = False,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, t: torch.Tensor | None = None,
     ):
         """z (B, C, H, W) noise, y (B,) labels -> image (B, C, H, W) [, list of each block's (B, T, w)].
 
         Labels are dropped to the null class with probability `label_dropout` in training mode.
+        `t` (B,) is the time fed to the timestep embedder; None for the one-step student.
         """
         x = self.x_embedder(z) + self.pos_embed  # (B, T, w)
-        c = self.condition(y, self.training, generator)  # (B, w)
+        c = self.condition(y, self.training, generator, t)  # (B, w)
         features = []
         for block in self.blocks:
             x = block(x, c)
