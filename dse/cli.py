@@ -4,6 +4,7 @@ library call. Mistakes a user can make (DseError) print one line and exit with c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -189,22 +190,94 @@ def report_cmd(
     _echo(f"report: {report_study(study, results_dir, reports_dir)}")
 
 
+DataRootOpt = typer.Option(None, "--data-root", help="Data set location (a folder, or an .npz for cifar10) [$DSE_DATA or ~/.cache/dse/data].")
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str, total: int | None, unit: str = "pairs"):
+    """A rich progress bar; yields update(done, total, rate)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=total, rate="")
+
+        def update(done: int, total: int | None = None, rate: float | None = None) -> None:
+            bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} {unit}/s" if rate else "")
+
+        yield update
+
+
 @teacher_app.command("generate")
 def teacher_generate(
     out: Path = typer.Option(..., "--out", help="Pair-store directory (resumes if it exists)."),
-    dataset: str = typer.Option("digits", "--dataset"), teacher: str = typer.Option("empirical", "--teacher"),
+    dataset: str = typer.Option("digits", "--dataset", help="digits, fashion-mnist or cifar10."),
+    teacher: str = typer.Option("empirical", "--teacher", help="empirical, trained or external."),
+    source: str = typer.Option("", "--source", help="trained: checkpoint; external: TorchScript file or module:function."),
+    data_root: Optional[str] = DataRootOpt,
     num: int = typer.Option(4096, "--num", help="Number of pairs."), seed: int = typer.Option(0, "--seed"),
     num_steps: int = typer.Option(18, "--steps", help="Heun steps (NFE = 2 x steps - 1)."),
+    batch_size: int = typer.Option(512, "--batch-size"), shard_size: int = typer.Option(65536, "--shard-size"),
+    image_dtype: str = typer.Option("float32", "--image-dtype", help="float32 or float16."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
 ) -> None:
     """Sample (noise, label, image) pairs from a teacher with EDM's Heun sampler."""
     from dse.teacher import generate_pairs
     from dse.teacher.edm import SamplerSettings
+    from dse.trial import resolve_device
 
-    if num <= 0 or num_steps <= 0:
-        raise DseError("--num and --steps must be positive")
-    path = generate_pairs(out, dataset=dataset, teacher=teacher, num_pairs=num, seed=seed,
-                          settings=SamplerSettings(num_steps=num_steps), progress=_pairs_progress())
+    if num <= 0 or num_steps <= 0 or batch_size <= 0 or shard_size <= 0:
+        raise DseError("--num, --steps, --batch-size and --shard-size must be positive")
+    with _progress_bar(f"{teacher} teacher on {dataset}", num) as update:
+        path = generate_pairs(
+            out, dataset=dataset, teacher=teacher, source=source, data_root=data_root, num_pairs=num, seed=seed,
+            settings=SamplerSettings(num_steps=num_steps), shard_size=shard_size, batch_size=batch_size,
+            image_dtype=image_dtype, device=str(resolve_device(device)), progress=update,
+        )
     _echo(f"pairs: {path}")
+
+
+@teacher_app.command("import-get")
+def teacher_import_get(
+    src: Path = typer.Argument(..., help="GET's data folder, holding latent/*.pkl and image/*.pkl."),
+    out: Path = typer.Option(..., "--out", help="Pair-store directory to create (resumes if it exists)."),
+    image_dtype: str = typer.Option("float32", "--image-dtype", help="float32 or float16."),
+) -> None:
+    """Import GET's published teacher pairs (read weights-only: no code in the files runs)."""
+    from dse.data.pairs import import_get
+
+    with _progress_bar("importing GET pairs", None) as update:
+        path = import_get(src, out, image_dtype=image_dtype, progress=update)
+    _echo(f"pairs: {path}")
+
+
+@teacher_app.command("inspect")
+def teacher_inspect(
+    store: Path = typer.Argument(..., help="Pair-store directory."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Where to write the grid [DIR/inspect.png]."),
+    per_class: int = typer.Option(8, "--per-class", help="Pairs shown per class."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Counts, shapes, value ranges, label histogram and a PNG grid of noise and images per class."""
+    from dse.data.pairs import PairStore, inspect_grid, summarize
+
+    pairs = PairStore.open(store)
+    summary = summarize(pairs)
+    summary["png"] = str(inspect_grid(pairs, png or store / "inspect.png", per_class))
+    if json_out:
+        _echo(json.dumps(summary, indent=2))
+        return
+    _echo(f"{summary['num_pairs']:,} pairs in {summary['num_shards']} shards at {summary['path']}")
+    _echo(f"data set {summary['dataset']}, teacher {summary['teacher']}, seed {summary['seed']}")
+    _echo(f"sampler {summary['sampler']}")
+    _echo(f"z {summary['shapes']['z']} float32, x {summary['shapes']['x']} {summary['image_dtype']}")
+    for key in ("z", "x"):
+        d = summary[key]
+        _echo(f"  {key}: min {d['min']:.3f} max {d['max']:.3f} mean {d['mean']:.3f} std {d['std']:.3f}")
+    counts = summary["label_counts"]
+    _echo("labels: " + "  ".join(f"{c}:{n}" for c, n in enumerate(counts)))
+    _echo(f"grid: {summary['png']}")
 
 
 def main(argv: list[str] | None = None) -> None:

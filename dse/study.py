@@ -97,9 +97,9 @@ def ensure_pairs(cfg: StudyConfig, progress: Callable[[int, int, float], None] |
 
     t = cfg.teacher
     return generate_pairs(
-        cfg.pairs_dir(), dataset=cfg.dataset, teacher=t.kind, num_pairs=t.num_pairs, seed=t.seed,
-        settings=SamplerSettings(t.num_steps, t.sigma_min, t.sigma_max, t.rho), shard_size=t.shard_size,
-        progress=progress,
+        cfg.pairs_dir(), dataset=cfg.dataset, teacher=t.kind, source=t.source, data_root=cfg.data_root,
+        num_pairs=t.num_pairs, seed=t.seed, settings=SamplerSettings(t.num_steps, t.sigma_min, t.sigma_max, t.rho),
+        shard_size=t.shard_size, image_dtype=t.image_dtype, progress=progress,
     )
 
 

@@ -6,8 +6,9 @@ Layout of a store directory:
     z-00000.npy  (n, C, H, W) float32   unscaled N(0, I) noise (the sampler multiplies by sigma_max)
     y-00000.npy  (n,)         int64     class labels
     x-00000.npy  (n, C, H, W) float32 | float16   teacher images in [-1, 1]
-Each shard's files carry a sha256 in the manifest; opening checks sizes and (by default) checksums,
-and names the damaged file.
+Each shard's files carry a sha256 in the manifest; opening checks sizes and checksums and names the
+damaged file. Checksums already verified are remembered in `.verified.json` (by size and mtime), so
+re-opening a large store is fast while any rewrite of a file is checked again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -25,7 +26,9 @@ from dse.fileio import atomic_write, atomic_writer
 
 FORMAT = "dse-pairs-v1"
 MANIFEST = "manifest.json"
+VERIFIED = ".verified.json"
 ARRAYS = ("z", "y", "x")
+IMAGE_DTYPES = ("float32", "float16")
 
 
 def _sha256(path: Path) -> str:
@@ -46,8 +49,12 @@ class PairWriter:
     interrupted writer leaves a valid store holding every shard it finished."""
 
     def __init__(self, root: str | Path, meta: dict[str, Any]):
+        if meta.get("image_dtype") not in IMAGE_DTYPES:
+            raise DseError(f"image dtype must be one of {', '.join(IMAGE_DTYPES)}, not {meta.get('image_dtype')!r}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".*.tmp"):  # left by a writer that was killed mid-shard
+            stale.unlink()
         path = self.root / MANIFEST
         if path.exists():
             self.manifest = _read_manifest(self.root)
@@ -99,6 +106,40 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+class _VerifiedCache:
+    """Remembers which files were hashed, by (name, size, mtime_ns) -> sha256; best effort."""
+
+    def __init__(self, root: Path):
+        self.path = root / VERIFIED
+        try:
+            self.entries = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            self.entries = {}
+        self.changed = False
+
+    @staticmethod
+    def _key(path: Path) -> str:
+        st = path.stat()
+        return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+
+    def check(self, path: Path, sha256: str) -> bool:
+        key = self._key(path)
+        if self.entries.get(key) == sha256:
+            return True
+        if _sha256(path) != sha256:
+            return False
+        self.entries[key] = sha256
+        self.changed = True
+        return True
+
+    def save(self) -> None:
+        if self.changed:
+            try:
+                atomic_write(self.path, json.dumps(self.entries))
+            except OSError:  # a read-only store is still usable; it is just hashed again next time
+                pass
+
+
 @dataclass
 class PairStore:
     """Read-only view of a pair store; arrays are memory-mapped, never loaded whole."""
@@ -114,6 +155,7 @@ class PairStore:
         `verify`) checksum, with the shapes of the manifest; otherwise a DseError naming the file."""
         root = Path(root)
         manifest = _read_manifest(root)
+        verified = _VerifiedCache(root)
         shards = []
         for shard in manifest["shards"]:
             arrays = {}
@@ -122,7 +164,7 @@ class PairStore:
                 path = root / info["name"]
                 if not path.is_file():
                     raise DseError(f"pair shard {path} is missing; regenerate the pairs")
-                if path.stat().st_size != info["bytes"] or (verify and _sha256(path) != info["sha256"]):
+                if path.stat().st_size != info["bytes"] or (verify and not verified.check(path, info["sha256"])):
                     raise DseError(f"pair shard {path} is damaged (size or sha256 differs from {MANIFEST}); regenerate it")
                 try:
                     arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -133,6 +175,7 @@ class PairStore:
             shards.append(arrays)
         if not shards:
             raise DseError(f"the pair store at {root} is empty; run `dse teacher generate` again")
+        verified.save()
         starts = np.array([s["start"] for s in manifest["shards"]], dtype=np.int64)
         return cls(root, manifest, shards, starts)
 
@@ -161,3 +204,152 @@ class PairStore:
             y[sel[order]] = self.shards[s]["y"][rows]
             x[sel[order]] = self.shards[s]["x"][rows]
         return z, y, x
+
+    def labels(self) -> np.ndarray:
+        """All labels (N,) int64 (small: 8 bytes a pair)."""
+        return np.concatenate([np.asarray(s["y"]) for s in self.shards])
+
+
+class PairBatches:
+    """A map-style dataset whose item i is the i-th batch of a seeded shuffle of the store, as
+    (z, y, x) numpy arrays: use it with `torch.utils.data.DataLoader(ds, batch_size=None,
+    num_workers=K)`. Each worker opens its own memory maps (nothing large is pickled), and reading
+    whole batches keeps the per-pair overhead low. The last short batch is dropped."""
+
+    def __init__(self, root: str | Path, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True):
+        self.root, self.batch_size = Path(root), batch_size
+        self._store: PairStore | None = None
+        n = len(PairStore.open(self.root))  # verifies once, in the main process
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        self.order = order[: (n // batch_size) * batch_size].reshape(-1, batch_size)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._store is None:
+            self._store = PairStore.open(self.root, verify=False)
+        return self._store.batch(self.order[i])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None}  # memory maps are reopened in each worker
+
+
+def summarize(store: PairStore, chunk: int = 65536) -> dict[str, Any]:
+    """Counts, shapes, dtypes, value ranges and the label histogram of a store, read in chunks."""
+    stats = {"z": [np.inf, -np.inf, 0.0, 0.0], "x": [np.inf, -np.inf, 0.0, 0.0]}
+    n = len(store)
+    for start in range(0, n, chunk):
+        z, _, x = store.batch(np.arange(start, min(start + chunk, n)))
+        for key, a in (("z", z), ("x", x)):
+            s = stats[key]
+            s[0], s[1] = min(s[0], float(a.min())), max(s[1], float(a.max()))
+            s[2] += float(a.astype(np.float64).sum())
+            s[3] += float(np.square(a, dtype=np.float64).sum())
+    size = {k: n * int(np.prod(store.manifest["shapes"][k])) for k in ("z", "x")}
+
+    def describe(key: str) -> dict[str, float]:
+        lo, hi, total, sq = stats[key]
+        mean = total / size[key]
+        return {"min": lo, "max": hi, "mean": mean, "std": float(np.sqrt(max(sq / size[key] - mean**2, 0.0)))}
+
+    m = store.manifest
+    counts = np.bincount(store.labels(), minlength=m.get("num_classes", 0))
+    return {
+        "path": str(store.root), "num_pairs": n, "num_shards": len(store.shards), "dataset": m.get("dataset"),
+        "teacher": m.get("teacher"), "sampler": m.get("sampler"), "seed": m.get("seed"),
+        "shapes": m["shapes"], "image_dtype": m["image_dtype"], "z": describe("z"), "x": describe("x"),
+        "label_counts": counts.tolist(),
+    }
+
+
+def inspect_grid(store: PairStore, path: str | Path, per_class: int = 8) -> Path:
+    """A PNG with one row per class: `per_class` noise tiles (z / 3, clipped), then their teacher images."""
+    from dse.data.datasets import to_uint8
+    from dse.data.grid import image_grid, save_png
+
+    labels = store.labels()
+    rows = []
+    for c in np.unique(labels):
+        idx = np.nonzero(labels == c)[0][:per_class]
+        z, _, x = store.batch(idx)
+        rows.append(np.concatenate([to_uint8(np.clip(z / 3, -1, 1)), to_uint8(np.clip(x, -1, 1))]))
+    side = store.image_shape[-1]
+    return save_png(path, image_grid(rows, scale=max(1, 64 // side)))
+
+
+def _numpy_safe_globals() -> list:
+    """What `torch.load(weights_only=True)` needs to rebuild plain numpy arrays (no other code)."""
+    import numpy.dtypes
+
+    dtypes = [getattr(numpy.dtypes, name) for name in dir(numpy.dtypes) if name.endswith("DType")]
+    reconstruct = np._core.multiarray._reconstruct
+    # numpy 1.x pickles name it numpy.core.multiarray._reconstruct, numpy 2.x numpy._core...
+    return [np.ndarray, np.dtype, reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"), *dtypes]
+
+
+def _load_get_file(path: Path):
+    """One of GET's `.pkl` files (written with torch.save), loaded without executing code from it."""
+    import pickle
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise DseError(f"cannot read {path} as a tensor file (weights-only loading, numpy arrays allowed): {exc}") from None
+
+
+def _as_array(value, what: str, path: Path) -> np.ndarray:
+    if hasattr(value, "numpy"):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        raise DseError(f"{path}: expected {what} as a tensor or numpy array, found {type(value).__name__}")
+    return value
+
+
+def _get_files(folder: Path) -> list[Path]:
+    """GET names each file by the last seed it holds (`000049999.pkl`); they are read in that order."""
+    if not folder.is_dir():
+        raise DseError(f"GET layout: {folder} is missing (expected latent/*.pkl and image/*.pkl)")
+    files = [p for p in folder.glob("*.pkl") if p.stem.isdigit()]
+    if not files:
+        raise DseError(f"GET layout: no numbered .pkl files in {folder}")
+    return sorted(files, key=lambda p: int(p.stem))
+
+
+def import_get(src: str | Path, out: str | Path, *, image_dtype: str = "float32",
+               progress: Callable[[int], None] | None = None) -> Path:
+    """Convert GET's published pairs (Geng et al. 2024) into a dse pair store, one shard per file pair.
+
+    GET's layout: `latent/N.pkl` holds [noise (n, C, H, W), one-hot labels (n, K)] and `image/N.pkl`
+    the teacher images (n, C, H, W) in about [-1, 1], matched by file name. Re-running resumes
+    after the files already imported.
+    """
+    src = Path(src)
+    latents, images = _get_files(src / "latent"), _get_files(src / "image")
+    if [p.name for p in latents] != [p.name for p in images]:
+        raise DseError(f"GET layout: {src}/latent and {src}/image do not hold the same file names")
+    writer = None
+    for i, (lat, img) in enumerate(zip(latents, images)):
+        pair = _load_get_file(lat)
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise DseError(f"{lat}: expected [noise, one-hot labels], found {type(pair).__name__}")
+        z = _as_array(pair[0], "noise", lat).astype(np.float32)
+        onehot = _as_array(pair[1], "one-hot labels", lat)
+        if writer is None:
+            meta = {"teacher": {"kind": "get-import", "source": str(src.resolve())},
+                    "sampler": {"name": "edm-heun", "num_steps": 18, "note": "as published by GET"},
+                    "dataset": "cifar10" if z.shape[1:] == (3, 32, 32) else "unknown",
+                    "num_classes": int(onehot.shape[1]), "seed": None, "image_dtype": image_dtype}
+            writer = PairWriter(out, meta)
+        if i < len(writer.manifest["shards"]):
+            continue  # imported by an earlier run
+        x = _as_array(_load_get_file(img), "images", img)
+        if z.ndim != 4 or onehot.ndim != 2 or not (len(z) == len(onehot) == len(x)) or x.shape != z.shape:
+            raise DseError(f"{lat} / {img}: shapes do not match ({z.shape}, {onehot.shape}, {x.shape})")
+        writer.append(z, onehot.argmax(1).astype(np.int64), x)
+        if progress:
+            progress(writer.num_pairs)
+    return Path(out)

@@ -1,5 +1,8 @@
 """Owns making teacher pairs: a registry of teachers (denoisers D(x, sigma, labels)) and
 `generate_pairs`, which runs the EDM Heun sampler from seeded noise into a pair store.
+
+Teachers: `empirical` (the exact denoiser of a data set, no weights), `trained` (a checkpoint of
+`dse teacher train`) and `external` (a TorchScript file or a `module:function` of the user's).
 """
 
 from __future__ import annotations
@@ -11,26 +14,50 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dse.data.datasets import load_dataset
+from dse.config import Geometry
+from dse.data.datasets import dataset_geometry, load_dataset
 from dse.data.pairs import PairWriter
 from dse.errors import DseError
 from dse.teacher.edm import Denoiser, SamplerSettings, heun_sample
 from dse.teacher.empirical import EmpiricalDenoiser
 
 
-def _empirical(dataset: str, device: str) -> Denoiser:
-    data = load_dataset(dataset)
+def _empirical(dataset: str, device: str, source: str, data_root: str | None) -> Denoiser:
+    data = load_dataset(dataset, data_root)
     return EmpiricalDenoiser(data.as_float(), data.labels, device=device)
 
 
-# Teachers by name: each builds a denoiser D(x, sigma, labels) for a data set.
-TEACHERS: dict[str, Callable[[str, str], Denoiser]] = {"empirical": _empirical}
+def _trained(dataset: str, device: str, source: str, data_root: str | None) -> Denoiser:
+    from dse.teacher.train import load_trained_teacher
+
+    return load_trained_teacher(source, device=device)
 
 
-def make_teacher(kind: str, dataset: str, device: str = "cpu") -> Denoiser:
+def _external(dataset: str, device: str, source: str, data_root: str | None) -> Denoiser:
+    from dse.teacher.external import load_external_teacher
+
+    g = dataset_geometry(dataset)
+    return load_external_teacher(
+        source, device=device, shape=(g.channels, g.image_size, g.image_size), num_classes=g.num_classes
+    )
+
+
+# Teachers by name: each builds a denoiser D(x, sigma, labels) from (dataset, device, source, data_root).
+TEACHERS: dict[str, Callable[[str, str, str, str | None], Denoiser]] = {
+    "empirical": _empirical,
+    "trained": _trained,
+    "external": _external,
+}
+
+
+def make_teacher(kind: str, dataset: str, device: str = "cpu", source: str = "", data_root: str | None = None) -> Denoiser:
+    """The teacher `kind` for `dataset`; `source` is the checkpoint (trained) or TorchScript file /
+    `module:function` (external)."""
     if kind not in TEACHERS:
-        raise DseError(f"unknown teacher {kind!r}; known: {', '.join(sorted(TEACHERS))}")
-    return TEACHERS[kind](dataset, device)
+        raise DseError(f"unknown teacher {kind!r}; known: {', '.join(TEACHERS)}")
+    if kind != "empirical" and not source:
+        raise DseError(f"the {kind} teacher needs --source (a checkpoint, or a TorchScript file / module:function)")
+    return TEACHERS[kind](dataset, device, source, data_root or None)
 
 
 def pair_noise(seed: int, index: int, shape: tuple[int, ...], num_classes: int) -> tuple[torch.Tensor, int]:
@@ -41,44 +68,50 @@ def pair_noise(seed: int, index: int, shape: tuple[int, ...], num_classes: int) 
     return torch.randn(shape, generator=g), label
 
 
+def pair_batch(seed: int, indices: range, geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise (n, C, H, W) and labels (n,) of pairs `indices`."""
+    shape = (geometry.channels, geometry.image_size, geometry.image_size)
+    noise = [pair_noise(seed, i, shape, geometry.num_classes) for i in indices]
+    return torch.stack([n[0] for n in noise]), torch.tensor([n[1] for n in noise], dtype=torch.int64)
+
+
 def generate_pairs(
-    out: str | Path, *, dataset: str = "digits", teacher: str = "empirical", num_pairs: int = 4096, seed: int = 0,
-    settings: SamplerSettings = SamplerSettings(), shard_size: int = 65536, batch_size: int = 512,
-    device: str = "cpu", progress: Callable[[int, int, float], None] | None = None,
+    out: str | Path, *, dataset: str = "digits", teacher: str = "empirical", source: str = "",
+    data_root: str | None = None, num_pairs: int = 4096, seed: int = 0, settings: SamplerSettings = SamplerSettings(),
+    shard_size: int = 65536, batch_size: int = 512, image_dtype: str = "float32", device: str = "cpu",
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> Path:
     """Sample `num_pairs` teacher pairs into the store at `out`, resuming after the pairs it holds.
 
+    Pair i depends on (seed, i) only, and shards are committed one at a time, so a run that is
+    killed and started again ends with the same store as one uninterrupted run.
     `progress(done, total, pairs_per_second)` is called after each batch.
     """
-    data_geometry = load_dataset(dataset).geometry
-    shape = (data_geometry.channels, data_geometry.image_size, data_geometry.image_size)
+    geometry = dataset_geometry(dataset)
     meta = {
-        "teacher": {"kind": teacher},
+        "teacher": {"kind": teacher, "source": source},
         "sampler": {"name": "edm-heun", "num_steps": settings.num_steps, "sigma_min": settings.sigma_min,
                     "sigma_max": settings.sigma_max, "rho": settings.rho, "nfe": settings.nfe},
         "dataset": dataset,
-        "num_classes": data_geometry.num_classes,
+        "num_classes": geometry.num_classes,
         "seed": seed,
-        "image_dtype": "float32",
+        "image_dtype": image_dtype,
     }
     writer = PairWriter(out, meta)
     if writer.num_pairs >= num_pairs:
         return Path(out)
-    denoiser = make_teacher(teacher, dataset, device)
+    denoiser = make_teacher(teacher, dataset, device, source, data_root)
     start_time, start_count = time.perf_counter(), writer.num_pairs
     while writer.num_pairs < num_pairs:
         first = writer.num_pairs
-        n_shard = min(shard_size, num_pairs - first)
+        end = first + min(shard_size, num_pairs - first)
         zs, ys, xs = [], [], []
-        for b in range(first, first + n_shard, batch_size):
-            idx = range(b, min(b + batch_size, first + n_shard))
-            noise = [pair_noise(seed, i, shape, data_geometry.num_classes) for i in idx]
-            z = torch.stack([n[0] for n in noise]).to(device)
-            y = torch.tensor([n[1] for n in noise], dtype=torch.int64, device=device)
-            x = heun_sample(denoiser, z, y, settings)
-            zs.append(z.cpu().numpy()), ys.append(y.cpu().numpy()), xs.append(x.cpu().numpy())
+        for b in range(first, end, batch_size):
+            z, y = pair_batch(seed, range(b, min(b + batch_size, end)), geometry)
+            x = heun_sample(denoiser, z.to(device), y.to(device), settings)
+            zs.append(z.numpy()), ys.append(y.numpy()), xs.append(x.cpu().numpy())
             if progress:
-                done = b + len(idx)
+                done = b + len(y)
                 progress(done, num_pairs, (done - start_count) / max(time.perf_counter() - start_time, 1e-9))
         writer.append(np.concatenate(zs), np.concatenate(ys), np.concatenate(xs))
     return Path(out)

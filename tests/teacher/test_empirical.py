@@ -42,3 +42,15 @@ def test_pf_ode_with_the_exact_denoiser_ends_on_a_training_image_of_the_label():
     for i in range(4):
         dist = (images[labels == y[i]] - out[i]).flatten(1).norm(dim=1)
         assert dist.min() < 1e-3
+
+
+def test_chunked_sum_equals_the_one_shot_softmax():
+    g = torch.Generator().manual_seed(1)
+    images, labels = torch.rand(300, 1, 4, 4, generator=g) * 2 - 1, torch.arange(300) % 2
+    whole = EmpiricalDenoiser(images.numpy(), labels.numpy(), chunk=10_000)
+    chunked = EmpiricalDenoiser(images.numpy(), labels.numpy(), chunk=7)
+    x = torch.randn(16, 1, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.arange(16) % 2
+    for s in (0.002, 0.3, 5.0, 80.0):
+        sigma = torch.full((16,), s, dtype=torch.float64)
+        assert torch.allclose(chunked(x * s, sigma, y), whole(x * s, sigma, y), atol=1e-12)
