@@ -195,16 +195,18 @@ DataRootOpt = typer.Option(None, "--data-root", help="Data set location (a folde
 
 @contextlib.contextmanager
 def _progress_bar(description: str, total: int | None, unit: str = "pairs"):
-    """A rich progress bar; yields update(done, total, rate)."""
+    """A rich progress bar; yields update(done, total, rate, info): the rate is shown in `unit`/s,
+    `info` (e.g. the loss) after it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
     with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(description, total=total, rate="")
+        task = bar.add_task(description, total=total, info="")
 
-        def update(done: int, total: int | None = None, rate: float | None = None) -> None:
-            bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} {unit}/s" if rate else "")
+        def update(done: int, total: int | None = None, rate: float | None = None, info: str = "") -> None:
+            text = " ".join(t for t in (f"{rate:,.0f} {unit}/s" if rate else "", info) if t)
+            bar.update(task, completed=done, total=total, info=text)
 
         yield update
 
@@ -236,6 +238,34 @@ def teacher_generate(
             image_dtype=image_dtype, device=str(resolve_device(device)), progress=update,
         )
     _echo(f"pairs: {path}")
+
+
+@teacher_app.command("train")
+def teacher_train(
+    out: Path = typer.Option(..., "--out", help="Checkpoint folder (resumes from its last.pt if there is one)."),
+    dataset: str = typer.Option("digits", "--dataset", help="digits, fashion-mnist or cifar10."),
+    data_root: Optional[str] = DataRootOpt,
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps [3000]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[128]"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="[2e-3]"),
+    depth: Optional[int] = typer.Option(None, "--depth", help="DiT depth [4]."),
+    width: Optional[int] = typer.Option(None, "--width", help="DiT width [96]."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="DiT heads [4]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="[0]"),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="[500]"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+) -> None:
+    """Train a small EDM-preconditioned denoiser on a data set, for use as `--teacher trained`."""
+    from dse.teacher.train import TeacherTrainConfig, train_teacher
+    from dse.trial import resolve_device
+
+    given = {"steps": steps, "batch_size": batch_size, "lr": lr, "depth": depth, "width": width, "heads": heads,
+             "seed": seed, "checkpoint_every": checkpoint_every}
+    cfg = TeacherTrainConfig(dataset=dataset, data_root=data_root, **{k: v for k, v in given.items() if v is not None})
+    with _progress_bar(f"EDM teacher on {dataset}", cfg.steps, unit="steps") as update:
+        path = train_teacher(cfg, out, device=str(resolve_device(device)),
+                             progress=lambda step, total, loss: update(step, total, info=f"loss {loss:.4f}"))
+    _echo(f"teacher: {path}")
 
 
 @teacher_app.command("import-get")

@@ -111,3 +111,35 @@ def test_run_end_to_end_then_resume_and_report(tmp_path):
     report.unlink()
     assert dse("report", "tiny", "--results-dir", str(results), "--reports-dir", str(reports)).returncode == 0
     assert report.is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["teacher", "generate", "--dataset", "nope"], "unknown data set 'nope'"),
+        (["teacher", "generate", "--teacher", "trained"], "needs --source"),
+        (["teacher", "generate", "--image-dtype", "int8"], "image dtype"),
+        (["teacher", "generate", "--dataset", "cifar10", "--data-root", "no/such/dir"], "no/such/dir"),
+        (["teacher", "inspect"], "manifest.json is missing"),
+        (["teacher", "import-get", "no/such/get"], "latent"),
+        (["teacher", "train", "--width", "30"], "multiple of 4"),
+    ],
+)
+def test_teacher_mistakes_print_one_line_and_exit_2(tmp_path, args, message):
+    out_flag = [] if args[1] == "inspect" else ["--out", str(tmp_path / "out")]
+    extra = [str(tmp_path / "nothing")] if args[1] == "inspect" else []
+    out = dse(*args, *extra, *out_flag)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_teacher_generate_then_inspect(tmp_path):
+    store = tmp_path / "pairs"
+    out = dse("teacher", "generate", "--out", str(store), "--num", "200", "--steps", "4", "--image-dtype", "float16")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(dse("teacher", "inspect", str(store), "--json").stdout)
+    assert summary["num_pairs"] == 200 and summary["image_dtype"] == "float16"
+    assert sum(summary["label_counts"]) == 200 and len(summary["label_counts"]) == 10
+    assert -1.01 <= summary["x"]["min"] and summary["x"]["max"] <= 1.01  # the empirical teacher stays in the data range
+    assert Path(summary["png"]).is_file()

@@ -30,7 +30,7 @@ def _empirical(dataset: str, device: str, source: str, data_root: str | None) ->
 def _trained(dataset: str, device: str, source: str, data_root: str | None) -> Denoiser:
     from dse.teacher.train import load_trained_teacher
 
-    return load_trained_teacher(source, device=device)
+    return load_trained_teacher(source, device=device, dataset=dataset)
 
 
 def _external(dataset: str, device: str, source: str, data_root: str | None) -> Denoiser:

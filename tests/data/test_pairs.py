@@ -201,3 +201,36 @@ def test_inspect_grid_has_a_row_per_class_with_noise_then_images(tiny_pairs, tmp
     _, _, x = store.batch(np.array([first]))
     got = pic[pad : pad + 64 : scale, pad + 3 * tile : pad + 3 * tile + 64 : scale]  # row 0, first image
     assert np.array_equal(got, to_uint8(x)[0, ..., 0])
+
+
+def test_sigkill_part_way_then_rerun_equals_one_uninterrupted_run(tmp_path):
+    """The command as a user runs it: killed with SIGKILL after some shards, then run again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    args = ["--num", "256", "--steps", "40", "--batch-size", "32", "--shard-size", "32", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "dse", "teacher", "generate", "--out", str(tmp_path / "killed"), *args]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = tmp_path / "killed" / MANIFEST
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if manifest.is_file() and json.loads(manifest.read_text())["num_pairs"] >= 64:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = json.loads(manifest.read_text())["num_pairs"]
+    assert 64 <= done_at_kill < 256, "the run was not interrupted part way"
+
+    assert subprocess.run(cmd, cwd=root, env=env, capture_output=True).returncode == 0
+    whole = generate_pairs(tmp_path / "whole", num_pairs=256, settings=SamplerSettings(num_steps=40),
+                           batch_size=32, shard_size=32)
+    a, b = json.loads((tmp_path / "killed" / MANIFEST).read_text()), json.loads((whole / MANIFEST).read_text())
+    assert a["num_pairs"] == b["num_pairs"] == 256
+    assert [s["files"] for s in a["shards"]] == [s["files"] for s in b["shards"]]  # same bytes, shard by shard
+    assert not list((tmp_path / "killed").glob(".*.tmp"))

@@ -1,0 +1,343 @@
+"""Owns the `trained` teacher: a small EDM-preconditioned DiT denoiser trained with the EDM loss
+(Karras et al. 2022) on a data set, with atomic checkpoints and exact resume, for users who have
+data but no teacher.
+
+The network F is `dse.models.dit.DiT`, with its timestep embedder fed the noise level (see
+`dit_time`). Checkpoints are plain tensors, numbers and strings, read back with
+`torch.load(..., weights_only=True)` only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dse.config import Geometry, StudentArch
+from dse.data.datasets import ImageDataset, load_dataset
+from dse.distill.train import EMA
+from dse.errors import DseError
+from dse.fileio import atomic_writer
+from dse.models.dit import DiT
+from dse.teacher.edm import Denoiser
+
+CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_FORMAT = "dse-teacher-v1"
+
+
+@dataclass(frozen=True)
+class TeacherTrainConfig:
+    """How a `trained` teacher is trained. The defaults (a 0.7M-parameter DiT, 3000 steps of 128
+    images) train a usable digits teacher in about 4 minutes on 2 CPU cores.
+
+    `steps`, `checkpoint_every` and `data_root` may change between runs in one folder (to train
+    longer, or to read the data from elsewhere); every other field must match the checkpoint being
+    resumed.
+    """
+
+    dataset: str = "digits"
+    data_root: str | None = None  # folder of a downloaded data set; None: the loader's default
+    depth: int = 4
+    width: int = 96
+    heads: int = 4
+    patch_size: int = 2
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 200  # linear learning-rate warm-up from 0
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1  # labels dropped to the null class, for classifier-free guidance
+    seed: int = 0
+    checkpoint_every: int = 500
+    sigma_data: float = 0.5
+    P_mean: float = -1.2
+    P_std: float = 1.2
+
+    def __post_init__(self) -> None:
+        positive = ("depth", "width", "heads", "patch_size", "steps", "batch_size", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise DseError(f"teacher training: {name} must be at least 1, got {getattr(self, name)}")
+        if self.width % self.heads or self.width % 4:
+            raise DseError(f"teacher training: width {self.width} must be a multiple of 4 and of heads {self.heads}")
+        if not (self.lr > 0 and self.sigma_data > 0 and self.P_std > 0 and self.warmup_steps >= 0):
+            raise DseError("teacher training: lr, sigma_data and P_std must be positive, warmup_steps >= 0")
+        if not (0 <= self.ema_decay < 1 and 0 <= self.label_dropout < 1):
+            raise DseError("teacher training: ema_decay and label_dropout must lie in [0, 1)")
+
+    @property
+    def arch(self) -> StudentArch:
+        return StudentArch(depth=self.depth, width=self.width, heads=self.heads)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TeacherTrainConfig:
+        return cls(**json.loads(text))
+
+
+# ---------------------------------------------------------------------------------------------
+# EDM formulas (Karras et al. 2022, Table 1), each in one place.
+# ---------------------------------------------------------------------------------------------
+
+
+def edm_preconditioning(
+    sigma: torch.Tensor, sigma_data: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out, c_in, c_noise), each shaped like sigma (B,)."""
+    # EDM Table 1, "Network and preconditioning" (EDMPrecond).
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+    c_in = 1 / (sigma_data**2 + sigma**2).sqrt()
+    c_noise = sigma.log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """lambda(sigma) (B,), which makes the effective training target of F unit-variance."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # EDM Table 1, loss weighting
+
+
+def sample_training_sigma(
+    batch: int, P_mean: float, P_std: float, generator: torch.Generator, device: torch.device | str
+) -> torch.Tensor:
+    """Training noise levels (B,) with ln(sigma) ~ N(P_mean, P_std^2)."""
+    return (torch.randn(batch, generator=generator, device=device) * P_std + P_mean).exp()  # EDM Table 1, p_train
+
+
+def dit_time(c_noise: torch.Tensor) -> torch.Tensor:
+    """The DiT timestep (B,) for EDM's c_noise (B,): t = 250 (c_noise + 2).
+
+    DiT's sinusoidal embedder expects t in about [0, 1000]; this maps ln(sigma) in [-8, 8], i.e.
+    sigma from 3e-4 to 3e3 (the sampler's 0.002..80 included), linearly onto [0, 1000].
+    """
+    return 250.0 * (c_noise + 2.0)
+
+
+class EDMDenoiser(nn.Module):
+    """D(x, sigma, y) = c_skip x + c_out F(c_in x, c_noise, y), with F a DiT."""
+
+    def __init__(self, net: DiT, sigma_data: float):
+        super().__init__()
+        self.net = net
+        self.sigma_data = sigma_data
+
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """x (B, C, H, W), sigma (B,), labels (B,) -> denoised (B, C, H, W). In training mode the
+        DiT drops labels to the null class with its `label_dropout`, drawn from `generator`."""
+        c_skip, c_out, c_in, c_noise = (c.view(-1, 1, 1, 1) for c in edm_preconditioning(sigma, self.sigma_data))
+        f = self.net(c_in * x, labels, t=dit_time(c_noise.flatten()), generator=generator)  # (B, C, H, W)
+        return c_skip * x + c_out * f  # EDM eq. 7
+
+
+def edm_loss(
+    denoiser: EDMDenoiser, images: torch.Tensor, labels: torch.Tensor, cfg: TeacherTrainConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """EDM loss lambda(sigma) ||D(y + n, sigma) - y||^2 with n ~ N(0, sigma^2 I), averaged over the
+    batch and the pixels; images (B, C, H, W), labels (B,)."""
+    sigma = sample_training_sigma(images.shape[0], cfg.P_mean, cfg.P_std, generator, images.device)  # (B,)
+    noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma.view(-1, 1, 1, 1)
+    denoised = denoiser(images + noise, sigma, labels, generator=generator)  # (B, C, H, W)
+    weight = edm_loss_weight(sigma, cfg.sigma_data).view(-1, 1, 1, 1)
+    return (weight * (denoised - images).square()).mean()  # EDM eq. 8, written with D instead of F
+
+
+# ---------------------------------------------------------------------------------------------
+# Training with checkpoints and resume.
+# ---------------------------------------------------------------------------------------------
+
+
+def build_denoiser(cfg: TeacherTrainConfig, geometry: Geometry) -> EDMDenoiser:
+    """A freshly initialised denoiser; its initial weights are a function of `cfg.seed` alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return EDMDenoiser(DiT(cfg.arch, geometry, label_dropout=cfg.label_dropout), cfg.sigma_data)
+
+
+def _geometry(data: ImageDataset, cfg: TeacherTrainConfig) -> Geometry:
+    g = data.geometry
+    if g.image_size % cfg.patch_size:
+        raise DseError(f"teacher training: patch_size {cfg.patch_size} must divide the image size {g.image_size}")
+    return replace(g, patch_size=cfg.patch_size)
+
+
+def _learning_rate(cfg: TeacherTrainConfig, step: int) -> float:
+    """Learning rate at `step` (1-based): a linear warm-up, then constant (so training longer
+    continues the same run)."""
+    return cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file for `path`: the file itself, or `last.pt` inside a training folder."""
+    path = Path(path)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A teacher checkpoint (weights_only load, on CPU); a missing or corrupt file is a DseError."""
+    file = checkpoint_path(path)
+    if not file.is_file():
+        raise DseError(f"teacher checkpoint {file} not found; train one with `dse teacher train`")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a truncated or foreign file
+        raise DseError(f"teacher checkpoint {file} is corrupt or not a checkpoint ({e}); delete it and retrain") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise DseError(f"{file} is not a dse teacher checkpoint ({CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def _checkpoint_config(ckpt: dict[str, Any], file: Path) -> TeacherTrainConfig:
+    try:
+        return TeacherTrainConfig.from_json(ckpt["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DseError(f"teacher checkpoint {file} has an unreadable config ({e})") from e
+
+
+class _Run:
+    """The mutable state of one training run: model, EMA, optimizer, random generator, step."""
+
+    def __init__(self, cfg: TeacherTrainConfig, geometry: Geometry, device: torch.device):
+        self.cfg, self.geometry = cfg, geometry
+        self.model = build_denoiser(cfg, geometry).to(device).train()
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.step = 0
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_json(),
+            "geometry": json.dumps(asdict(self.geometry)),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "ema_updates": self.ema.updates,
+            "optimizer": self.opt.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.model.load_state_dict(ckpt["ema"])
+        self.ema.updates = int(ckpt["ema_updates"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.generator.set_state(ckpt["generator"])
+        self.step = int(ckpt["step"])
+
+    def save(self, file: Path) -> None:
+        with atomic_writer(file) as f:
+            torch.save(self.state(), f)
+
+
+def _resume(run: _Run, file: Path) -> None:
+    """Continue the run saved in `file`, which must have been trained with the same settings."""
+    ckpt = read_checkpoint(file)
+    saved = _checkpoint_config(ckpt, file)
+    cfg = run.cfg
+    saved = replace(saved, steps=cfg.steps, checkpoint_every=cfg.checkpoint_every, data_root=cfg.data_root)
+    if saved != cfg:
+        changed = ", ".join(
+            f"{name} {old!r} -> {new!r}" for name, old in asdict(saved).items() if (new := getattr(cfg, name)) != old
+        )
+        raise DseError(
+            f"{file} was trained with a different config ({changed}); "
+            "use the same settings to resume, or another output folder"
+        )
+    try:
+        run.restore(ckpt)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise DseError(f"teacher checkpoint {file} is corrupt ({e}); delete it and retrain") from e
+
+
+def train_teacher(
+    cfg: TeacherTrainConfig, out_dir: str | Path, device: str = "cpu",
+    progress: Callable[[int, int, float], None] | None = None, progress_every: int = 50,
+) -> Path:
+    """Train an EDM denoiser on `cfg.dataset`; returns the checkpoint `out_dir/last.pt`.
+
+    The checkpoint (model, EMA, optimizer, random generator state, step, config) is written
+    atomically every `cfg.checkpoint_every` steps and at the end. If `out_dir` already holds one,
+    training resumes from it and finishes the remaining steps (a run already at `cfg.steps` or past
+    it is left as it is); on CPU, with the same number of threads, the result is bitwise the same as
+    an uninterrupted run. `progress(step, steps, mean_loss)` is called every
+    `progress_every` steps and at the end, with the mean loss since the previous call.
+    """
+    file = Path(out_dir) / CHECKPOINT_NAME
+    data = load_dataset(cfg.dataset, root=cfg.data_root)
+    dev = torch.device(device)
+    run = _Run(cfg, _geometry(data, cfg), dev)
+    if file.exists():
+        _resume(run, file)
+    images = torch.from_numpy(data.as_float()).to(dev)  # (N, C, H, W)
+    labels = torch.from_numpy(data.labels).to(dev)  # (N,)
+    loss_sum, loss_count = 0.0, 0
+    while run.step < cfg.steps:
+        run.step += 1
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=run.generator, device=dev)  # (B,)
+        loss = edm_loss(run.model, images[idx], labels[idx], cfg, run.generator)
+        if not torch.isfinite(loss):
+            raise DseError(f"teacher training diverged (loss {loss.item()}) at step {run.step}; lower the lr")
+        for group in run.opt.param_groups:
+            group["lr"] = _learning_rate(cfg, run.step)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        run.ema.update(run.model)
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
+            run.save(file)
+        if progress and (run.step % progress_every == 0 or run.step == cfg.steps):
+            progress(run.step, cfg.steps, loss_sum / loss_count)
+            loss_sum, loss_count = 0.0, 0
+    return file
+
+
+# ---------------------------------------------------------------------------------------------
+# Using a trained teacher.
+# ---------------------------------------------------------------------------------------------
+
+
+class TrainedTeacher:
+    """The EMA denoiser of a checkpoint as a Denoiser: no gradients, float32 inside, the output
+    in the dtype of `x` (the Heun sampler passes float64)."""
+
+    def __init__(self, denoiser: EDMDenoiser, config: TeacherTrainConfig):
+        self.denoiser = denoiser.eval().requires_grad_(False)
+        self.config = config
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), sigma (B,) or a scalar, labels (B,) -> denoised (B, C, H, W)."""
+        sigma = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])  # (B,)
+        return self.denoiser(x.to(torch.float32), sigma, labels.to(torch.int64)).to(x.dtype)
+
+
+def load_trained_teacher(path: str | Path, device: str = "cpu", dataset: str | None = None) -> Denoiser:
+    """The EMA denoiser saved by `train_teacher` at `path` (a checkpoint file or its folder).
+
+    If `dataset` is given it must be the data set the teacher was trained on. A missing or corrupt
+    checkpoint is a DseError naming the file.
+    """
+    file = checkpoint_path(path)
+    ckpt = read_checkpoint(file)
+    cfg = _checkpoint_config(ckpt, file)
+    if dataset is not None and dataset != cfg.dataset:
+        raise DseError(f"teacher {file} was trained on {cfg.dataset!r}, not {dataset!r}")
+    try:
+        geometry = Geometry(**json.loads(ckpt["geometry"]))
+        denoiser = build_denoiser(cfg, geometry)
+        denoiser.load_state_dict(ckpt["ema"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise DseError(f"teacher checkpoint {file} is corrupt ({e}); delete it and retrain") from e
+    return TrainedTeacher(denoiser.to(device), cfg)
