@@ -97,6 +97,13 @@ class TrainConfig:
     ema_decay: float = 0.9999
     label_dropout: float = 0.1
     seed: int = 0
+    checkpoint_every: int = 0  # steps between checkpoints of a trial (0: only at the end)
+    # MI1 (paper App. B.3): student blocks (from 1) and their times (fraction of noise left; 0 = image)
+    mi1_blocks: tuple[int, ...] = ()
+    mi1_times: tuple[float, ...] = ()
+    mi1_sigma_min: float = 0.02
+    mi1_sigma_max: float = 80.0
+    mi1_rho: float = 7.0
 
 
 @dataclass(frozen=True)
@@ -165,7 +172,7 @@ _SECTIONS = {
     "eval": EvalConfig,
     "run": RunConfig,
 }
-KNOWN_SETUPS = ("get",)  # dse.distill.setups.SETUPS
+KNOWN_SETUPS = ("get", "mi1")  # dse.distill.setups.SETUPS
 KNOWN_LOSSES = ("l1", "l2")  # dse.distill.losses.LOSSES
 
 
@@ -265,6 +272,12 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
     for key, value in positive.items():
         if value <= 0:
             raise DseError(f"{source}: {key} must be positive (got {value})")
+    if "mi1" in s.setups:
+        blocks, times = t.mi1_blocks, t.mi1_times
+        if not blocks or len(blocks) != len(times) or list(blocks) != sorted(set(blocks)) or min(blocks) < 1:
+            raise DseError(f"{source}: setup mi1 needs train.mi1_blocks (increasing, from 1) and train.mi1_times of the same length")
+        if any(not 0.0 <= x <= 1.0 for x in times):
+            raise DseError(f"{source}: train.mi1_times are fractions of noise left, in [0, 1] (got {list(times)})")
     if not 0.0 <= t.ema_decay < 1.0:
         raise DseError(f"{source}: train.ema_decay must be in [0, 1) (got {t.ema_decay})")
     if not 0.0 <= t.label_dropout < 1.0:

@@ -82,11 +82,13 @@ def plan_study(cfg: StudyConfig) -> StudyPlan:
         for setup in cfg.space.setups:
             for loss in cfg.space.losses:
                 train = dataclasses.replace(cfg.train, setup=setup, loss=loss)
-                specs.append(TrialSpec(
+                spec = TrialSpec(
                     study=cfg.name, dataset=cfg.dataset, geometry=geometry, arch=cand.arch, train=train,
                     eval=cfg.eval, pairs_dir=str(cfg.pairs_dir().resolve()), budget=budget,
                     proposed=proposal is not None and cand.arch == proposal.arch, device=cfg.run.device,
-                ))
+                )
+                artifacts = (Path(cfg.run.results_dir) / cfg.name / "artifacts" / spec.trial_id).resolve()
+                specs.append(dataclasses.replace(spec, artifacts_dir=str(artifacts)))
     return StudyPlan(cfg, geometry, candidates, proposal, specs)
 
 

@@ -35,12 +35,13 @@ class TrialSpec:
     proposed: bool = False
     device: str = "auto"
     threads: int = 0  # 0: leave torch's default
+    artifacts_dir: str = ""  # where the trial keeps its checkpoint; "" keeps none
 
     @property
     def trial_id(self) -> str:
         """Readable and unique: architecture, setup, loss and a hash of everything that shapes the row."""
         key = json.dumps(
-            {k: v for k, v in dataclasses.asdict(self).items() if k not in ("study", "device", "threads", "proposed", "budget")},
+            {k: v for k, v in dataclasses.asdict(self).items() if k not in ("study", "device", "threads", "proposed", "budget", "artifacts_dir")},
             sort_keys=True,
         )
         digest = hashlib.sha256(key.encode()).hexdigest()[:8]
@@ -136,7 +137,8 @@ def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | 
         if progress:
             progress("train", {"step": step, "steps": spec.train.steps, "loss": loss})
 
-    trained = train_student(student, pairs, spec.train, device, progress=on_step)
+    checkpoints = Path(spec.artifacts_dir) if spec.artifacts_dir else None
+    trained = train_student(student, pairs, spec.train, device, progress=on_step, checkpoint_dir=checkpoints)
     eval_start = time.perf_counter()
     images, _ = sample_images(
         trained.ema, spec.eval.num_samples, guidance=spec.eval.guidance, seed=spec.eval.seed, device=device

@@ -10,6 +10,7 @@ DiT's structure (`dse.sizing.count_params` gives the same number by formula).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -160,6 +161,15 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, T, p * p * C)
 
 
+@dataclass
+class Trace:
+    """What a forward pass went through: each block's output (B, T, w) and the conditioning c (B, w),
+    so a setup can decode an inner block with `DiT.decode(blocks[i], c)` (MI1) or match it (TA)."""
+
+    blocks: list[torch.Tensor]
+    c: torch.Tensor
+
+
 class DiT(nn.Module):
     """One-step student: `x_hat = DiT(z, y)` maps noise z (B, C, H, W) and labels y (B,) to an image."""
 
@@ -242,7 +252,7 @@ class DiT(nn.Module):
         self, z: torch.Tensor, y: torch.Tensor, *, return_features: bool = False,
         generator: torch.Generator | None = None, t: torch.Tensor | None = None,
     ):
-        """z (B, C, H, W) noise, y (B,) labels -> image (B, C, H, W) [, list of each block's (B, T, w)].
+        """z (B, C, H, W) noise, y (B,) labels -> image (B, C, H, W) [, Trace of the blocks' outputs].
 
         Labels are dropped to the null class with probability `label_dropout` in training mode.
         `t` (B,) is the time fed to the timestep embedder; None for the one-step student.
@@ -255,7 +265,7 @@ class DiT(nn.Module):
             if return_features:
                 features.append(x)
         image = self.decode(x, c)
-        return (image, features) if return_features else image
+        return (image, Trace(features, c)) if return_features else image
 
     @torch.no_grad()
     def forward_with_cfg(self, z: torch.Tensor, y: torch.Tensor, guidance: float) -> torch.Tensor:

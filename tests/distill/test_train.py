@@ -5,7 +5,7 @@ from dse.config import Geometry, StudentArch, TrainConfig
 from dse.data.pairs import PairStore
 from dse.distill.losses import l1, l2
 from dse.distill.setups import GET, Batch
-from dse.distill.train import EMA, TrainingDiverged, batches, train_student
+from dse.distill.train import EMA, TrainingDiverged, batch_indices, train_student
 from dse.models.dit import DiT
 
 G = Geometry(8, 1, 10)
@@ -26,10 +26,11 @@ def test_get_regresses_the_student_image_onto_the_teacher_image():
 
 
 def test_batches_cover_each_epoch_once():
-    it = batches(10, 4, np.random.default_rng(0))
-    first_epoch = np.concatenate([next(it), next(it)])
+    first_epoch = np.concatenate([batch_indices(10, 4, 0, 1), batch_indices(10, 4, 0, 2)])
     assert len(set(first_epoch)) == 8  # 2 full batches, the short one dropped
-    assert len(next(batches(3, 8, np.random.default_rng(0)))) == 3  # small store: one batch of all
+    second_epoch = np.concatenate([batch_indices(10, 4, 0, 3), batch_indices(10, 4, 0, 4)])
+    assert len(set(second_epoch)) == 8 and not np.array_equal(first_epoch, second_epoch)
+    assert sorted(batch_indices(3, 8, 0, 5)) == [0, 1, 2]  # small store: one batch of all
 
 
 def test_ema_warmup_follows_the_model_early():
@@ -80,3 +81,37 @@ def test_nan_loss_stops_training_with_the_step(tmp_path):
         assert "at step 1" in str(exc)
     else:
         raise AssertionError("a NaN image must stop training")
+
+
+def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tiny_pairs, tmp_path):
+    pairs = PairStore.open(tiny_pairs)
+    cfg = TrainConfig(steps=12, batch_size=64, lr=1e-3, seed=5, checkpoint_every=5)
+
+    def fresh():
+        torch.manual_seed(cfg.seed)
+        return DiT(StudentArch(2, 32, 4), G)
+
+    straight = train_student(fresh(), pairs, cfg, torch.device("cpu"))
+    # a run that "crashed" after its step-5 checkpoint, then started again in the same folder
+    import dataclasses
+
+    train_student(fresh(), pairs, dataclasses.replace(cfg, steps=5), torch.device("cpu"), checkpoint_dir=tmp_path)
+    resumed = train_student(fresh(), pairs, cfg, torch.device("cpu"), checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 5
+    for p, q in zip(straight.ema.parameters(), resumed.ema.parameters()):
+        assert torch.equal(p, q)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 12
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(tiny_pairs, tmp_path):
+    from dse.errors import DseError
+
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    try:
+        train_student(DiT(StudentArch(1, 16, 2), G), PairStore.open(tiny_pairs), TrainConfig(steps=2, batch_size=8),
+                      torch.device("cpu"), checkpoint_dir=tmp_path)
+    except DseError as exc:
+        assert "last.pt" in str(exc)
+    else:
+        raise AssertionError("a damaged checkpoint must be reported")

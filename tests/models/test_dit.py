@@ -9,16 +9,19 @@ G = Geometry(8, 1, 10)
 def test_forward_shapes_and_block_features():
     model = DiT(StudentArch(3, 32, 4), G)
     z, y = torch.randn(5, 1, 8, 8), torch.arange(5)
-    image, features = model(z, y, return_features=True)
+    image, trace = model(z, y, return_features=True)
+    features = trace.blocks
     assert image.shape == (5, 1, 8, 8)
     assert len(features) == 3 and all(f.shape == (5, 16, 32) for f in features)
+    assert torch.equal(model.decode(features[-1], trace.c), image)
     assert torch.equal(model(z, y), image)
 
 
 def test_adaln_zero_initialisation_gives_zero_output_and_identity_blocks():
     model = DiT(StudentArch(2, 32, 4), G)
     z, y = torch.randn(4, 1, 8, 8), torch.arange(4)
-    image, features = model(z, y, return_features=True)
+    image, trace = model(z, y, return_features=True)
+    features = trace.blocks
     assert torch.count_nonzero(image) == 0  # final layer zeroed
     tokens = model.x_embedder(z) + model.pos_embed
     assert torch.allclose(features[0], tokens)  # gates are zero: blocks start as identity
