@@ -88,7 +88,7 @@ def run(
 
     plan = plan_study(cfg)  # validates before anything is written
     _echo(f"study {cfg.name}: {len(plan.specs)} trials ({len(plan.candidates)} architectures x "
-          f"{len(cfg.space.setups)} setups x {len(cfg.space.losses)} losses) on {cfg.dataset}, budget {cfg.space.budget}")
+          f"{len(cfg.trainings())} trainings) on {cfg.dataset}, budget {cfg.space.budget}")
     if plan.proposal:
         _echo(f"design rule: {plan.proposal.arch.name} ({plan.proposal.params:,} params)")
     outcome = run_study(cfg, on_event=_print_event(len(plan.specs)), on_pairs=_pairs_progress())

@@ -131,6 +131,15 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A named training setting of a study: keys of [train] replaced, e.g. one row of the paper's
+    Table 3 (`setup = "ta"`, lambdas) or Table 4 (MI1 blocks and times). Written `[[variants]]`."""
+
+    name: str
+    overrides: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """Everything a study needs, resolved and validated."""
 
@@ -143,6 +152,15 @@ class StudyConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     patch_size: int = 2
+    variants: tuple[Variant, ...] = ()
+
+    def trainings(self) -> list[tuple[str, TrainConfig]]:
+        """The (name, training config) pairs each architecture is trained with: the variants if the
+        study has any, else every setup x loss of the space."""
+        if self.variants:
+            return [(v.name, variant_train(self.train, v)) for v in self.variants]
+        return [(f"{s}-{l}", dataclasses.replace(self.train, setup=s, loss=l))
+                for s in self.space.setups for l in self.space.losses]
 
     def pairs_dir(self) -> Path:
         if self.teacher.pairs_dir:
@@ -159,6 +177,9 @@ class StudyConfig:
         for section in _SECTIONS:
             values = dataclasses.asdict(getattr(self, section))
             raw[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        if self.variants:
+            raw["variants"] = [{"name": v.name, **{k: list(x) if isinstance(x, tuple) else x for k, x in v.overrides.items()}}
+                               for v in self.variants]
         return raw
 
     def to_json(self) -> str:
@@ -219,7 +240,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 def study_from_dict(data: dict[str, Any], source: str = "<config>") -> StudyConfig:
     """Build and validate a StudyConfig from parsed TOML."""
-    allowed = {"study", "data", *_SECTIONS}
+    allowed = {"study", "data", "variants", *_SECTIONS}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise DseError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
@@ -232,7 +253,9 @@ def study_from_dict(data: dict[str, Any], source: str = "<config>") -> StudyConf
         if extra:
             raise DseError(f"{source}: unknown key(s) {', '.join(extra)} in [{name}]; known: {', '.join(sorted(keys))}")
     parts = {name: _build(cls, name, data.get(name, {}), source) for name, cls in _SECTIONS.items()}
+    variants = _variants(data.get("variants", []), parts["train"], source)
     cfg = StudyConfig(
+        variants=variants,
         name=str(study.get("name", "")),
         dataset=str(data_section.get("dataset", "digits")),
         data_root=str(data_section.get("root", "")),
@@ -243,11 +266,31 @@ def study_from_dict(data: dict[str, Any], source: str = "<config>") -> StudyConf
     return cfg
 
 
+def variant_train(base: TrainConfig, variant: Variant) -> TrainConfig:
+    """The training config of a variant: `base` with the variant's keys replaced."""
+    return dataclasses.replace(base, **variant.overrides)
+
+
+def _variants(items: Any, base: TrainConfig, source: str) -> tuple[Variant, ...]:
+    if not isinstance(items, list) or not all(isinstance(v, dict) for v in items):
+        raise DseError(f"{source}: variants must be written as [[variants]] tables")
+    out, names = [], set()
+    for i, item in enumerate(items):
+        name = str(item.get("name", "")).strip()
+        if not name or name in names:
+            raise DseError(f"{source}: each [[variants]] needs a unique name (variant {i + 1})")
+        names.add(name)
+        checked = _build(TrainConfig, f"variants.{name}", {k: v for k, v in item.items() if k != "name"}, source)
+        overrides = {k: getattr(checked, k) for k in item if k != "name"}
+        out.append(Variant(name, overrides))
+    return tuple(out)
+
+
 def validate(cfg: StudyConfig, source: str = "<config>") -> None:
     """Raise DseError for settings that cannot work; messages name the key and the fix."""
     from dse.sizing import parse_budget  # sizing imports config; import here to avoid a cycle
 
-    s, t, e = cfg.space, cfg.train, cfg.eval
+    s, e = cfg.space, cfg.eval
     if not s.budget:
         raise DseError(f"{source}: [space] budget is required (e.g. budget = \"420k\")")
     parse_budget(s.budget)
@@ -264,7 +307,7 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         if bad or not values:
             raise DseError(f"{source}: [space] {name} = {list(values)}: known values are {', '.join(known)}")
     positive = {
-        "train.steps": t.steps, "train.batch_size": t.batch_size, "eval.num_samples": e.num_samples,
+        "eval.num_samples": e.num_samples,
         "eval.latency_num_images": e.latency_num_images, "eval.latency_batch": e.latency_batch,
         "eval.latency_repeats": e.latency_repeats, "teacher.num_pairs": cfg.teacher.num_pairs,
         "teacher.num_steps": cfg.teacher.num_steps, "teacher.shard_size": cfg.teacher.shard_size,
@@ -272,22 +315,34 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
     for key, value in positive.items():
         if value <= 0:
             raise DseError(f"{source}: {key} must be positive (got {value})")
-    if "mi1" in s.setups:
-        blocks, times = t.mi1_blocks, t.mi1_times
-        if not blocks or len(blocks) != len(times) or list(blocks) != sorted(set(blocks)) or min(blocks) < 1:
-            raise DseError(f"{source}: setup mi1 needs train.mi1_blocks (increasing, from 1) and train.mi1_times of the same length")
-        if any(not 0.0 <= x <= 1.0 for x in times):
-            raise DseError(f"{source}: train.mi1_times are fractions of noise left, in [0, 1] (got {list(times)})")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise DseError(f"{source}: train.ema_decay must be in [0, 1) (got {t.ema_decay})")
-    if not 0.0 <= t.label_dropout < 1.0:
-        raise DseError(f"{source}: train.label_dropout must be in [0, 1) (got {t.label_dropout})")
+    for name, train in cfg.trainings():
+        _validate_train(train, f"{source}: [train]" if not cfg.variants else f"{source}: variant {name!r}")
     if cfg.teacher.image_dtype not in ("float32", "float16"):
         raise DseError(f"{source}: teacher.image_dtype must be float32 or float16 (got {cfg.teacher.image_dtype!r})")
     if cfg.teacher.kind in ("trained", "external") and not cfg.teacher.source:
         raise DseError(f"{source}: teacher.kind = {cfg.teacher.kind!r} needs teacher.source (a checkpoint, or a TorchScript file / module:function)")
     if cfg.run.device not in ("auto", "cpu") and not cfg.run.device.startswith("cuda"):
         raise DseError(f"{source}: run.device must be auto, cpu or cuda[:N] (got {cfg.run.device!r})")
+
+
+def _validate_train(t: TrainConfig, where: str) -> None:
+    """Check one training config; `where` says which (the [train] table or a named variant)."""
+    if t.setup not in KNOWN_SETUPS or t.loss not in KNOWN_LOSSES:
+        raise DseError(f"{where}: setup {t.setup!r} / loss {t.loss!r}: known setups {', '.join(KNOWN_SETUPS)}, "
+                       f"losses {', '.join(KNOWN_LOSSES)}")
+    for key in ("steps", "batch_size"):
+        if getattr(t, key) <= 0:
+            raise DseError(f"{where}: {key} must be positive (got {getattr(t, key)})")
+    if t.setup == "mi1":
+        blocks, times = t.mi1_blocks, t.mi1_times
+        if not blocks or len(blocks) != len(times) or list(blocks) != sorted(set(blocks)) or min(blocks) < 1:
+            raise DseError(f"{where}: setup mi1 needs mi1_blocks (increasing, from 1) and mi1_times of the same length")
+        if any(not 0.0 <= x <= 1.0 for x in times):
+            raise DseError(f"{where}: mi1_times are fractions of noise left, in [0, 1] (got {list(times)})")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise DseError(f"{where}: ema_decay must be in [0, 1) (got {t.ema_decay})")
+    if not 0.0 <= t.label_dropout < 1.0:
+        raise DseError(f"{where}: label_dropout must be in [0, 1) (got {t.label_dropout})")
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -17,7 +17,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     # configuration
     ("dataset", "string"), ("image_size", "int64"), ("channels", "int64"), ("num_classes", "int64"),
     ("patch_size", "int64"), ("depth", "int64"), ("width", "int64"), ("heads", "int64"),
-    ("mlp_ratio", "float64"), ("setup", "string"), ("loss", "string"), ("budget", "int64"),
+    ("mlp_ratio", "float64"), ("setup", "string"), ("loss", "string"), ("variant", "string"), ("budget", "int64"),
     ("proposed", "bool_"), ("steps", "int64"), ("batch_size", "int64"), ("lr", "float64"),
     ("weight_decay", "float64"), ("ema_decay", "float64"), ("label_dropout", "float64"), ("seed", "int64"),
     ("pairs_dir", "string"), ("pairs_teacher", "string"), ("pairs_num", "int64"), ("config_json", "string"),

@@ -72,23 +72,22 @@ def design_rule(cfg: StudyConfig, geometry: Geometry) -> Candidate | None:
 
 
 def plan_study(cfg: StudyConfig) -> StudyPlan:
-    """Candidates x setups x losses of the space, as trial specs; raises DseError if none fit."""
+    """Candidates x trainings (the variants, or setups x losses) as trial specs; raises DseError if none fit."""
     geometry = geometry_of(cfg)
     candidates = enumerate_candidates(cfg.space, geometry)
     proposal = design_rule(cfg, geometry)
     budget = parse_budget(cfg.space.budget)
     specs = []
     for cand in candidates:
-        for setup in cfg.space.setups:
-            for loss in cfg.space.losses:
-                train = dataclasses.replace(cfg.train, setup=setup, loss=loss)
-                spec = TrialSpec(
-                    study=cfg.name, dataset=cfg.dataset, geometry=geometry, arch=cand.arch, train=train,
-                    eval=cfg.eval, pairs_dir=str(cfg.pairs_dir().resolve()), budget=budget,
-                    proposed=proposal is not None and cand.arch == proposal.arch, device=cfg.run.device,
-                )
-                artifacts = (Path(cfg.run.results_dir) / cfg.name / "artifacts" / spec.trial_id).resolve()
-                specs.append(dataclasses.replace(spec, artifacts_dir=str(artifacts)))
+        for variant, train in cfg.trainings():
+            spec = TrialSpec(
+                study=cfg.name, dataset=cfg.dataset, geometry=geometry, arch=cand.arch, train=train,
+                eval=cfg.eval, pairs_dir=str(cfg.pairs_dir().resolve()), budget=budget,
+                proposed=proposal is not None and cand.arch == proposal.arch, device=cfg.run.device,
+                variant=variant,
+            )
+            artifacts = (Path(cfg.run.results_dir) / cfg.name / "artifacts" / spec.trial_id).resolve()
+            specs.append(dataclasses.replace(spec, artifacts_dir=str(artifacts)))
     return StudyPlan(cfg, geometry, candidates, proposal, specs)
 
 

@@ -36,12 +36,13 @@ class TrialSpec:
     device: str = "auto"
     threads: int = 0  # 0: leave torch's default
     artifacts_dir: str = ""  # where the trial keeps its checkpoint; "" keeps none
+    variant: str = ""  # the name of its training setting in the study
 
     @property
     def trial_id(self) -> str:
         """Readable and unique: architecture, setup, loss and a hash of everything that shapes the row."""
         key = json.dumps(
-            {k: v for k, v in dataclasses.asdict(self).items() if k not in ("study", "device", "threads", "proposed", "budget", "artifacts_dir")},
+            {k: v for k, v in dataclasses.asdict(self).items() if k not in ("study", "device", "threads", "proposed", "budget", "artifacts_dir", "variant")},
             sort_keys=True,
         )
         digest = hashlib.sha256(key.encode()).hexdigest()[:8]
@@ -82,7 +83,7 @@ def _base_row(spec: TrialSpec) -> dict[str, Any]:
         "trial_id": spec.trial_id, "study": spec.study, "dataset": spec.dataset,
         "image_size": g.image_size, "channels": g.channels, "num_classes": g.num_classes, "patch_size": g.patch_size,
         "depth": a.depth, "width": a.width, "heads": a.heads, "mlp_ratio": a.mlp_ratio,
-        "setup": t.setup, "loss": t.loss, "budget": spec.budget, "proposed": spec.proposed,
+        "setup": t.setup, "loss": t.loss, "variant": spec.variant, "budget": spec.budget, "proposed": spec.proposed,
         "steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay,
         "ema_decay": t.ema_decay, "label_dropout": t.label_dropout, "seed": t.seed, "pairs_dir": spec.pairs_dir,
         "config_json": json.dumps(dataclasses.asdict(spec), sort_keys=True),

@@ -57,3 +57,36 @@ def test_overrides_replace_only_given_keys():
     assert new.space.lower == cfg.space.lower and new.space.widths == cfg.space.widths
     with pytest.raises(DseError):
         with_overrides(cfg, space={"budget": "5X"})
+
+
+def test_variants_replace_train_keys_and_replace_the_setup_loss_cross():
+    raw = {
+        "space": {"budget": "1M", "setups": ["get"], "losses": ["l1", "l2"]},
+        "train": {"steps": 9, "lr": 1e-3},
+        "variants": [{"name": "base"}, {"name": "mi1-3-6", "setup": "mi1", "mi1_blocks": [3, 6], "mi1_times": [0.5, 0]}],
+    }
+    cfg = study_from_dict(raw)
+    trainings = dict(cfg.trainings())
+    assert list(trainings) == ["base", "mi1-3-6"]
+    assert trainings["base"].setup == "get" and trainings["base"].steps == 9
+    mi1 = trainings["mi1-3-6"]
+    assert mi1.setup == "mi1" and mi1.mi1_blocks == (3, 6) and mi1.mi1_times == (0.5, 0) and mi1.lr == 1e-3
+    assert study_from_dict(cfg.to_raw()) == cfg
+    no_variants = study_from_dict({k: v for k, v in raw.items() if k != "variants"})
+    assert [name for name, _ in no_variants.trainings()] == ["get-l1", "get-l2"]
+
+
+@pytest.mark.parametrize(
+    "variants, message",
+    [
+        ([{"setup": "get"}], "unique name"),
+        ([{"name": "a"}, {"name": "a"}], "unique name"),
+        ([{"name": "a", "stpes": 3}], "unknown key"),
+        ([{"name": "a", "setup": "mi1"}], "variant 'a': setup mi1 needs"),
+        ([{"name": "a", "setup": "mi1", "mi1_blocks": [3], "mi1_times": [1.5]}], "fractions of noise"),
+        ([{"name": "a", "loss": "l7"}], "variant 'a'"),
+    ],
+)
+def test_bad_variants_are_clear_errors(variants, message):
+    with pytest.raises(DseError, match=message):
+        study_from_dict({"space": {"budget": "1M"}, "variants": variants})
