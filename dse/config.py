@@ -98,6 +98,8 @@ class TrainConfig:
     label_dropout: float = 0.1
     seed: int = 0
     checkpoint_every: int = 0  # steps between checkpoints of a trial (0: only at the end)
+    lpips_net: str = "alex"  # or "vgg"
+    lpips_size: int = 224  # images are resized bilinearly to this before LPIPS, as GET does; 0: no resize
     # MI1 (paper App. B.3): student blocks (from 1) and their times (fraction of noise left; 0 = image)
     mi1_blocks: tuple[int, ...] = ()
     mi1_times: tuple[float, ...] = ()
@@ -194,7 +196,7 @@ _SECTIONS = {
     "run": RunConfig,
 }
 KNOWN_SETUPS = ("get", "mi1")  # dse.distill.setups.SETUPS
-KNOWN_LOSSES = ("l1", "l2")  # dse.distill.losses.LOSSES
+KNOWN_LOSSES = ("l1", "l2", "lpips")  # dse.distill.losses.LOSS_NAMES
 
 
 def _build(cls, section: str, values: dict[str, Any], source: str):
@@ -330,6 +332,8 @@ def _validate_train(t: TrainConfig, where: str) -> None:
     if t.setup not in KNOWN_SETUPS or t.loss not in KNOWN_LOSSES:
         raise DseError(f"{where}: setup {t.setup!r} / loss {t.loss!r}: known setups {', '.join(KNOWN_SETUPS)}, "
                        f"losses {', '.join(KNOWN_LOSSES)}")
+    if t.lpips_net not in ("alex", "vgg") or t.lpips_size < 0:
+        raise DseError(f"{where}: lpips_net must be alex or vgg and lpips_size >= 0 (0: no resize)")
     for key in ("steps", "batch_size"):
         if getattr(t, key) <= 0:
             raise DseError(f"{where}: {key} must be positive (got {getattr(t, key)})")

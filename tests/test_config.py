@@ -15,10 +15,10 @@ def test_demo_space_loads_and_round_trips():
 
 
 def test_known_names_match_the_registries():
-    from dse.distill.losses import LOSSES
+    from dse.distill.losses import LOSS_NAMES
     from dse.distill.setups import SETUPS
 
-    assert set(KNOWN_LOSSES) == set(LOSSES)
+    assert set(KNOWN_LOSSES) == set(LOSS_NAMES)
     assert set(KNOWN_SETUPS) == set(SETUPS)
 
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from dse.config import TrainConfig
 from dse.data.pairs import PairStore
-from dse.distill.losses import get_loss
+from dse.distill.losses import make_loss
 from dse.distill.setups import Batch, make_setup
 from dse.errors import DseError
 from dse.fileio import atomic_writer
@@ -113,7 +113,8 @@ def train_student(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     student.to(device).train()
-    setup = make_setup(cfg.setup, get_loss(cfg.loss), cfg)
+    loss_fn = make_loss(cfg.loss, device, lpips_net=cfg.lpips_net, lpips_size=cfg.lpips_size or None)
+    setup = make_setup(cfg.setup, loss_fn, cfg)
     opt = torch.optim.AdamW([*student.parameters(), *setup.extra_parameters()], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     ema = EMA(student, cfg.ema_decay)

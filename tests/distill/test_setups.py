@@ -52,7 +52,11 @@ def test_mi1_refuses_blocks_the_student_does_not_have():
         MI1(l2, cfg)(DiT(StudentArch(4, 16, 2), G), batch)
 
 
-@pytest.mark.parametrize("setup, extra", [("get", {}), ("mi1", {"mi1_blocks": (1, 2), "mi1_times": (0.5, 0.0)})])
+@pytest.mark.parametrize("setup, extra", [
+    ("get", {}),
+    ("get", {"loss": "lpips", "lpips_size": 64}),  # AlexNet needs >= ~32 px; 64 keeps the test fast on CPU
+    ("mi1", {"mi1_blocks": (1, 2), "mi1_times": (0.5, 0.0)}),
+])
 def test_each_setup_lowers_its_loss_on_a_tiny_problem(tiny_pairs, setup, extra):
     cfg = TrainConfig(setup=setup, steps=40, batch_size=64, lr=1e-3, seed=0, **extra)
     losses = []
