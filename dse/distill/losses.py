@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dse.metrics.assets import WeightsSource, lpips_linear_state_dict, lpips_trunk_state_dict
+from dse.metrics.assets import lpips_linear_state_dict, lpips_trunk_state_dict
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

