@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from dse.config import Geometry, SpaceConfig, StudyConfig, load_study, with_overrides
+from dse.config import Geometry, SpaceConfig, StudyConfig, load_study, parse_assignments, with_overrides
 from dse.errors import DseError
 
 app = typer.Typer(
@@ -72,6 +72,7 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:N]."),
     results_dir: Optional[str] = typer.Option(None, "--results-dir", help="Where studies are stored [results]."),
     reports_dir: Optional[str] = typer.Option(None, "--reports-dir", help="Where reports are written [reports]."),
+    assignments: Optional[list[str]] = typer.Option(None, "--set", help="Any key of the space file: SECTION.KEY=VALUE, e.g. --set data.dataset=digits (repeatable)."),
 ) -> None:
     """Train and measure every architecture of a space under a budget, then write the Pareto report."""
     from dse.sizing import format_count, parse_budget
@@ -79,11 +80,14 @@ def run(
 
     base = load_study(space or DEMO_SPACE)
     name = study or (f"{base.name}-{format_count(parse_budget(budget))}" if budget else None)
-    cfg = _study(
-        space, study={"name": name}, space={"budget": budget, "lower": lower, "upper": upper},
-        train={"steps": steps}, eval={"num_samples": num_samples},
-        run={"device": device, "results_dir": results_dir, "reports_dir": reports_dir},
-    )
+    options = {
+        "study": {"name": name}, "space": {"budget": budget, "lower": lower, "upper": upper},
+        "train": {"steps": steps}, "eval": {"num_samples": num_samples},
+        "run": {"device": device, "results_dir": results_dir, "reports_dir": reports_dir},
+    }
+    for section, values in parse_assignments(assignments or []).items():
+        options.setdefault(section, {}).update(values)
+    cfg = _study(space, **options)
     from dse.study import plan_study
 
     plan = plan_study(cfg)  # validates before anything is written

@@ -49,7 +49,7 @@ class StudentArch:
 class TeacherConfig:
     """How the offline (noise z, label y, image x) pairs are made: teacher, EDM sampler settings."""
 
-    kind: str = "empirical"
+    kind: str = "empirical"  # empirical | trained | external | store (use the pairs at pairs_dir as they are)
     source: str = ""  # trained: checkpoint path; external: TorchScript file or module:function
     num_pairs: int = 4096
     pairs_dir: str = ""  # default: results/pairs/<dataset>-<kind>-<num_pairs>
@@ -106,6 +106,29 @@ class TrainConfig:
     mi1_sigma_min: float = 0.02
     mi1_sigma_max: float = 80.0
     mi1_rho: float = 7.0
+    # TA (paper App. B.2): the teaching assistant DiT, trained first with GET for ta_steps (or
+    # loaded from ta_checkpoint, a trial checkpoint `last.pt` of the same code), and the lambdas of
+    # lambda0 L(x, x_hat) + lambda1 L(x_TA, x_hat) + lambda2 L_feat; ta_feature_loss "lpips" (LPIPS
+    # on both penultimate blocks decoded by the TA's final layer) or "mse" (on the raw features)
+    ta_depth: int = 12
+    ta_width: int = 384
+    ta_heads: int = 12
+    ta_steps: int = 1000
+    ta_checkpoint: str = ""
+    ta_lambda0: float = 1.0
+    ta_lambda1: float = 1.0
+    ta_lambda2: float = 0.0
+    ta_feature_loss: str = "lpips"
+    # DMD (Yin et al. 2024): regression_weight L(x, x_hat) + weight * distribution matching; the
+    # fake score is a small EDM denoiser DiT trained alongside with lr dmd_fake_lr; the real score is
+    # the teacher named in the pair store (dmd_teacher_data_root: its data set's folder, if needed)
+    dmd_weight: float = 1.0
+    dmd_regression_weight: float = 1.0
+    dmd_fake_lr: float = 1e-4
+    dmd_fake_depth: int = 2
+    dmd_fake_width: int = 64
+    dmd_fake_heads: int = 4
+    dmd_teacher_data_root: str = ""
 
 
 @dataclass(frozen=True)
@@ -195,7 +218,7 @@ _SECTIONS = {
     "eval": EvalConfig,
     "run": RunConfig,
 }
-KNOWN_SETUPS = ("get", "mi1")  # dse.distill.setups.SETUPS
+KNOWN_SETUPS = ("get", "mi1", "ta", "dmd")  # dse.distill.setups.SETUPS
 KNOWN_LOSSES = ("l1", "l2", "lpips")  # dse.distill.losses.LOSS_NAMES
 
 
@@ -321,6 +344,10 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         _validate_train(train, f"{source}: [train]" if not cfg.variants else f"{source}: variant {name!r}")
     if cfg.teacher.image_dtype not in ("float32", "float16"):
         raise DseError(f"{source}: teacher.image_dtype must be float32 or float16 (got {cfg.teacher.image_dtype!r})")
+    if cfg.teacher.kind not in ("empirical", "trained", "external", "store"):
+        raise DseError(f"{source}: teacher.kind must be empirical, trained, external or store (got {cfg.teacher.kind!r})")
+    if cfg.teacher.kind == "store" and not cfg.teacher.pairs_dir:
+        raise DseError(f"{source}: teacher.kind = \"store\" needs teacher.pairs_dir (e.g. pairs made by `dse teacher import-get`)")
     if cfg.teacher.kind in ("trained", "external") and not cfg.teacher.source:
         raise DseError(f"{source}: teacher.kind = {cfg.teacher.kind!r} needs teacher.source (a checkpoint, or a TorchScript file / module:function)")
     if cfg.run.device not in ("auto", "cpu") and not cfg.run.device.startswith("cuda"):
@@ -343,6 +370,27 @@ def _validate_train(t: TrainConfig, where: str) -> None:
             raise DseError(f"{where}: setup mi1 needs mi1_blocks (increasing, from 1) and mi1_times of the same length")
         if any(not 0.0 <= x <= 1.0 for x in times):
             raise DseError(f"{where}: mi1_times are fractions of noise left, in [0, 1] (got {list(times)})")
+    own_dits = {"ta": ("ta", t.ta_depth, t.ta_width, t.ta_heads),
+                "dmd": ("dmd_fake", t.dmd_fake_depth, t.dmd_fake_width, t.dmd_fake_heads)}
+    if t.setup in own_dits:  # the setup's own DiT: the TA, DMD's fake score
+        prefix, depth, width, heads = own_dits[t.setup]
+        if depth < 1 or heads < 1 or width < 4 or width % 4 or width % heads:
+            raise DseError(f"{where}: {prefix}_depth must be >= 1 and {prefix}_width a positive multiple of 4 and "
+                           f"of {prefix}_heads (got depth {depth}, width {width}, heads {heads})")
+    if t.setup == "ta":
+        if t.ta_steps <= 0 and not t.ta_checkpoint:
+            raise DseError(f"{where}: setup ta needs ta_steps > 0 (to train the TA) or a ta_checkpoint to load")
+        lambdas = (t.ta_lambda0, t.ta_lambda1, t.ta_lambda2)
+        if min(lambdas) < 0 or max(lambdas) == 0:
+            raise DseError(f"{where}: ta_lambda0/1/2 must be >= 0 and not all 0 (got {list(lambdas)})")
+        if t.ta_feature_loss not in ("lpips", "mse"):
+            raise DseError(f"{where}: ta_feature_loss must be lpips or mse (got {t.ta_feature_loss!r})")
+    if t.setup == "dmd":
+        weights = (t.dmd_regression_weight, t.dmd_weight)
+        if min(weights) < 0 or max(weights) == 0:
+            raise DseError(f"{where}: dmd_regression_weight and dmd_weight must be >= 0 and not both 0 (got {list(weights)})")
+        if t.dmd_fake_lr <= 0:
+            raise DseError(f"{where}: dmd_fake_lr must be positive (got {t.dmd_fake_lr})")
     if not 0.0 <= t.ema_decay < 1.0:
         raise DseError(f"{where}: ema_decay must be in [0, 1) (got {t.ema_decay})")
     if not 0.0 <= t.label_dropout < 1.0:
@@ -362,6 +410,24 @@ def load_study(path: str | Path) -> StudyConfig:
     if not cfg.name:
         cfg = dataclasses.replace(cfg, name=p.stem)
     return cfg
+
+
+def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`["train.steps=20", "data.dataset=digits"]` -> {"train": {"steps": 20}, "data": {"dataset": "digits"}}.
+    Values are read as TOML (20, 1e-3, true, [3, 6], "text"); anything else is taken as a string."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or not key or section not in ("study", "data", *_SECTIONS):
+            raise DseError(f"--set {item!r}: write SECTION.KEY=VALUE with SECTION one of "
+                           f"study, data, {', '.join(_SECTIONS)} (e.g. --set train.steps=20)")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        out.setdefault(section, {})[key] = value
+    return out
 
 
 def with_overrides(cfg: StudyConfig, **sections: dict[str, Any]) -> StudyConfig:

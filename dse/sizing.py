@@ -185,3 +185,18 @@ def propose(
             f"{geometry.image_size}x{geometry.image_size}x{geometry.channels} images: raise the budget or widen the band"
         )
     return best[2]
+
+
+def forward_flops(arch: StudentArch, geometry: Geometry) -> int:
+    """Floating-point operations (2 per multiply-add) of one image through the student, one step:
+    the matmuls of every block (qkv, attention scores and mixing, projection, MLP, adaLN) and of the
+    patch embedding and final layer; norms, softmax and activations are left out (a lower bound)."""
+    w, t, p, c = arch.width, geometry.num_patches, geometry.patch_size, geometry.channels
+    hidden = int(w * arch.mlp_ratio)
+    attention = 2 * t * w * 3 * w + 2 * 2 * t * t * w + 2 * t * w * w  # qkv, q k^T and a v, proj
+    mlp = 2 * 2 * t * w * hidden
+    adaln = 2 * w * 6 * w  # once per image, not per token
+    block = attention + mlp + adaln
+    embed = 2 * t * (c * p * p) * w + 2 * (FREQUENCY_EMBEDDING_SIZE * w + w * w)
+    final = 2 * t * w * p * p * c + 2 * w * 2 * w
+    return arch.depth * block + embed + final

@@ -92,11 +92,16 @@ def plan_study(cfg: StudyConfig) -> StudyPlan:
 
 
 def ensure_pairs(cfg: StudyConfig, progress: Callable[[int, int, float], None] | None = None) -> Path:
-    """Generate the study's teacher pairs unless the store already holds enough of them."""
+    """Generate the study's teacher pairs unless the store already holds enough of them; with
+    teacher.kind = "store", only check that the given store opens."""
+    from dse.data.pairs import PairStore
     from dse.teacher import generate_pairs
     from dse.teacher.edm import SamplerSettings
 
     t = cfg.teacher
+    if t.kind == "store":
+        PairStore.open(cfg.pairs_dir())
+        return cfg.pairs_dir()
     return generate_pairs(
         cfg.pairs_dir(), dataset=cfg.dataset, teacher=t.kind, source=t.source, data_root=cfg.data_root,
         num_pairs=t.num_pairs, seed=t.seed, settings=SamplerSettings(t.num_steps, t.sigma_min, t.sigma_max, t.rho),

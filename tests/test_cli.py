@@ -94,11 +94,13 @@ def test_run_end_to_end_then_resume_and_report(tmp_path):
     space = tmp_path / "tiny.toml"
     space.write_text(SPACE)
     results, reports = tmp_path / "results", tmp_path / "reports"
-    opts = ["--space", str(space), "--results-dir", str(results), "--reports-dir", str(reports)]
+    opts = ["--space", str(space), "--results-dir", str(results), "--reports-dir", str(reports),
+            "--set", "train.steps=12", "--set", "eval.latency_repeats=2"]
     out = dse("run", *opts)
     assert out.returncode == 0, out.stdout + out.stderr
     df = pd.concat(pd.read_parquet(p) for p in (results / "tiny" / "trials").glob("*.parquet"))
     assert len(df) == 2 and set(df["status"]) == {"complete"} and set(df["heads"]) == {2, 4}
+    assert set(df["steps"]) == {12} and set(df["latency_repeats"]) == {2}  # --set reached the trials
     in_band = [d for d in range(1, 20) if 16_000 <= count_params(StudentArch(d, 16, 1), Geometry(8, 1, 10)) <= 20_400]
     assert set(df["depth"]) == set(in_band) and len(in_band) == 1
     assert (df["params"] == count_params(StudentArch(in_band[0], 16, 2), Geometry(8, 1, 10))).all()

@@ -90,3 +90,15 @@ def test_variants_replace_train_keys_and_replace_the_setup_loss_cross():
 def test_bad_variants_are_clear_errors(variants, message):
     with pytest.raises(DseError, match=message):
         study_from_dict({"space": {"budget": "1M"}, "variants": variants})
+
+
+def test_assignments_read_toml_values_and_apply_as_overrides():
+    from dse.config import parse_assignments
+
+    got = parse_assignments(["train.steps=20", "train.mi1_blocks=[3, 6]", "data.dataset=digits", "train.lr=1e-3"])
+    assert got == {"train": {"steps": 20, "mi1_blocks": [3, 6], "lr": 1e-3}, "data": {"dataset": "digits"}}
+    cfg = with_overrides(load_study(ROOT / "search_spaces" / "demo.toml"), **got)
+    assert cfg.train.steps == 20 and cfg.train.mi1_blocks == (3, 6)
+    for bad in ("steps=3", "nope.steps=3", "train.steps"):
+        with pytest.raises(DseError, match="SECTION.KEY=VALUE"):
+            parse_assignments([bad])

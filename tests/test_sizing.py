@@ -96,3 +96,23 @@ def test_budget_outside_the_space_is_a_clear_error_with_the_range():
         with pytest.raises(DseError, match="no architecture fits") as err:
             enumerate_candidates(SpaceConfig(budget=budget), CIFAR)
         assert f"{smallest:,} to {largest:,} parameters" in str(err.value)
+
+
+def test_forward_flops_match_a_count_of_the_module_matmuls():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dse.models.dit import DiT
+    from dse.sizing import forward_flops
+
+    for arch, geometry in [(StudentArch(5, 64, 8), CIFAR), (StudentArch(2, 48, 6), Geometry(8, 1, 10))]:
+        model = DiT(arch, geometry).eval()
+        z = torch.randn(1, geometry.channels, geometry.image_size, geometry.image_size)
+        with FlopCounterMode(display=False) as counter:
+            model(z, torch.zeros(1, dtype=torch.int64))
+        # torch's counter sees the linear and conv layers but not CPU's fused attention kernel, whose
+        # two matmuls (q k^T and a v) are 2 x 2 T^2 w a block
+        t = geometry.num_patches
+        attention_core = arch.depth * 2 * 2 * t * t * arch.width
+        counted = counter.get_total_flops() + attention_core
+        assert abs(forward_flops(arch, geometry) - counted) / counted < 0.01

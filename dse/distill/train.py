@@ -25,7 +25,7 @@ import torch.nn as nn
 from dse.config import TrainConfig
 from dse.data.pairs import PairStore
 from dse.distill.losses import make_loss
-from dse.distill.setups import Batch, make_setup
+from dse.distill.setups import Batch, Setup, SetupContext, make_setup
 from dse.errors import DseError
 from dse.fileio import atomic_writer
 
@@ -79,20 +79,23 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _save(path: Path, step: int, student: nn.Module, ema: EMA, opt: torch.optim.Optimizer, loss: float) -> None:
+def _save(path: Path, step: int, student: nn.Module, ema: EMA, opt: torch.optim.Optimizer, setup: Setup,
+          loss: float) -> None:
     state = {"step": step, "student": student.state_dict(), "ema": ema.model.state_dict(),
-             "ema_updates": ema.updates, "optimizer": opt.state_dict(), "loss": loss}
+             "ema_updates": ema.updates, "optimizer": opt.state_dict(), "setup": setup.state_dict(), "loss": loss}
     with atomic_writer(path) as f:
         torch.save(state, f)
 
 
-def _resume(path: Path, student: nn.Module, ema: EMA, opt: torch.optim.Optimizer, device: torch.device) -> tuple[int, float]:
+def _resume(path: Path, student: nn.Module, ema: EMA, opt: torch.optim.Optimizer, setup: Setup,
+            device: torch.device) -> tuple[int, float]:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         student.load_state_dict(state["student"])
         ema.model.load_state_dict(state["ema"])
         ema.updates = int(state["ema_updates"])
         opt.load_state_dict(state["optimizer"])
+        setup.load_state_dict(state.get("setup", {}))
         return int(state["step"]), float(state["loss"])
     except (pickle.UnpicklingError, RuntimeError, KeyError, ValueError, EOFError) as exc:
         raise DseError(f"trial checkpoint {path} is unreadable ({exc}); delete it to train from scratch") from None
@@ -107,7 +110,9 @@ def train_student(
 
     With `checkpoint_dir`, the state is saved atomically to `checkpoint_dir/last.pt` every
     `cfg.checkpoint_every` steps (if > 0) and at the end, and a run that finds a checkpoint there
-    resumes from it. `progress(step, loss)` is called every `progress_every` steps.
+    resumes from it. `progress(step, loss)` is called every `progress_every` steps. The setup is
+    prepared once before the loop (a TA setup keeps its teaching assistant in `checkpoint_dir/ta`)
+    and its own state travels in the checkpoint.
     """
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -115,13 +120,15 @@ def train_student(
     student.to(device).train()
     loss_fn = make_loss(cfg.loss, device, lpips_net=cfg.lpips_net, lpips_size=cfg.lpips_size or None)
     setup = make_setup(cfg.setup, loss_fn, cfg)
+    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+    setup.prepare(SetupContext(pairs, device, student.geometry, student.arch.width,
+                               path.parent if path is not None else None, cfg.seed))
     opt = torch.optim.AdamW([*student.parameters(), *setup.extra_parameters()], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     ema = EMA(student, cfg.ema_decay)
-    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     first, loss_value = 1, float("nan")
     if path is not None and path.is_file():
-        done, loss_value = _resume(path, student, ema, opt, device)
+        done, loss_value = _resume(path, student, ema, opt, setup, device)
         first = done + 1
     seen, start = 0, time.perf_counter()
     for step in range(first, cfg.steps + 1):
@@ -135,10 +142,11 @@ def train_student(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        setup.after_step(student, batch, generator=dropout)
         ema.update(student)
         loss_value, seen = loss.item(), seen + len(y)
         if path is not None and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps):
-            _save(path, step, student, ema, opt, loss_value)
+            _save(path, step, student, ema, opt, setup, loss_value)
         if progress and (step % progress_every == 0 or step == cfg.steps):
             progress(step, loss_value)
     seconds = time.perf_counter() - start
