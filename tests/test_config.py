@@ -102,3 +102,17 @@ def test_assignments_read_toml_values_and_apply_as_overrides():
     for bad in ("steps=3", "nope.steps=3", "train.steps"):
         with pytest.raises(DseError, match="SECTION.KEY=VALUE"):
             parse_assignments([bad])
+
+
+def test_the_paper_space_files_describe_tables_1_3_and_4():
+    t1 = dict(load_study(ROOT / "search_spaces" / "paper_table1.toml").trainings())
+    assert {(t.setup, t.loss) for t in t1.values()} == {("get", "l1"), ("get", "l2"), ("get", "lpips"), ("dmd", "lpips")}
+    t3 = load_study(ROOT / "search_spaces" / "paper_table3.toml")
+    rows = [(t.setup, t.ta_lambda0, t.ta_lambda1, t.ta_lambda2) for _, t in t3.trainings()]
+    # App. B.2: lambda0 != 0 in rows 1 and 4, lambda1 in rows 2-4, lambda2 in rows 3-4
+    assert rows == [("get", 1.0, 1.0, 0.0), ("ta", 0.0, 1.0, 0.0), ("ta", 0.0, 1.0, 1.0), ("ta", 1.0, 1.0, 1.0)]
+    assert {t.loss for _, t in t3.trainings()} == {"lpips"}
+    t4 = dict(load_study(ROOT / "search_spaces" / "paper_table4.toml").trainings())
+    assert (t4["mi1-3-6"].mi1_blocks, t4["mi1-3-6"].mi1_times) == ((3, 6), (0.5, 0.0))
+    assert (t4["mi1-2-4-6"].mi1_blocks, t4["mi1-2-4-6"].mi1_times) == ((2, 4, 6), (0.66, 0.33, 0.0))
+    assert t4["baseline"].setup == "get" and t4["mi1-3-6"].mi1_sigma_min == 0.02
