@@ -91,6 +91,7 @@ class TrainConfig:
     setup: str = "get"
     loss: str = "l2"
     steps: int = 1000
+    epochs: float = 0  # if > 0, the length in passes over the pairs instead of `steps` (paper: 100)
     batch_size: int = 256
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -361,6 +362,8 @@ def _validate_train(t: TrainConfig, where: str) -> None:
                        f"losses {', '.join(KNOWN_LOSSES)}")
     if t.lpips_net not in ("alex", "vgg") or t.lpips_size < 0:
         raise DseError(f"{where}: lpips_net must be alex or vgg and lpips_size >= 0 (0: no resize)")
+    if t.epochs < 0:
+        raise DseError(f"{where}: epochs must be >= 0 (0: use steps)")
     for key in ("steps", "batch_size"):
         if getattr(t, key) <= 0:
             raise DseError(f"{where}: {key} must be positive (got {getattr(t, key)})")

@@ -136,7 +136,7 @@ def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | 
 
     def on_step(step: int, loss: float) -> None:
         if progress:
-            progress("train", {"step": step, "steps": spec.train.steps, "loss": loss})
+            progress("train", {"step": step, "loss": loss})
 
     checkpoints = Path(spec.artifacts_dir) if spec.artifacts_dir else None
     trained = train_student(student, pairs, spec.train, device, progress=on_step, checkpoint_dir=checkpoints)
@@ -155,7 +155,7 @@ def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | 
         **quality, **latency,
         "params": count_module_params(trained.ema),
         "pairs_teacher": pairs.manifest["teacher"]["kind"], "pairs_num": len(pairs),
-        "final_loss": trained.final_loss, "train_seconds": trained.seconds,
+        "steps": trained.steps, "final_loss": trained.final_loss, "train_seconds": trained.seconds,
         "train_images_per_s": trained.images_per_second, "eval_seconds": time.perf_counter() - eval_start,
         "device": str(device), "torch_version": torch.__version__,
     }

@@ -73,6 +73,13 @@ def batch_indices(num_pairs: int, batch_size: int, seed: int, step: int) -> np.n
     return order[slot * size : (slot + 1) * size]
 
 
+def total_steps(cfg: TrainConfig, num_pairs: int) -> int:
+    """The run's length: `cfg.epochs` passes over the pairs (whole batches) if set, else `cfg.steps`."""
+    if cfg.epochs > 0:
+        return max(1, round(cfg.epochs * (num_pairs // min(cfg.batch_size, num_pairs))))
+    return cfg.steps
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -106,7 +113,7 @@ def train_student(
     progress: Callable[[int, float], None] | None = None, progress_every: int = 50,
     checkpoint_dir: str | Path | None = None,
 ) -> TrainOutcome:
-    """Distil the teacher pairs into `student` for `cfg.steps` steps; returns the EMA model.
+    """Distil the teacher pairs into `student` for `total_steps(cfg, len(pairs))` steps; returns the EMA model.
 
     With `checkpoint_dir`, the state is saved atomically to `checkpoint_dir/last.pt` every
     `cfg.checkpoint_every` steps (if > 0) and at the end, and a run that finds a checkpoint there
@@ -130,8 +137,9 @@ def train_student(
     if path is not None and path.is_file():
         done, loss_value = _resume(path, student, ema, opt, setup, device)
         first = done + 1
+    steps = total_steps(cfg, len(pairs))
     seen, start = 0, time.perf_counter()
-    for step in range(first, cfg.steps + 1):
+    for step in range(first, steps + 1):
         z, y, x = pairs.batch(batch_indices(len(pairs), cfg.batch_size, cfg.seed, step))
         batch = Batch(torch.from_numpy(z).to(device), torch.from_numpy(y).to(device), torch.from_numpy(x).to(device))
         dropout = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
@@ -145,9 +153,9 @@ def train_student(
         setup.after_step(student, batch, generator=dropout)
         ema.update(student)
         loss_value, seen = loss.item(), seen + len(y)
-        if path is not None and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps):
+        if path is not None and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == steps):
             _save(path, step, student, ema, opt, setup, loss_value)
-        if progress and (step % progress_every == 0 or step == cfg.steps):
+        if progress and (step % progress_every == 0 or step == steps):
             progress(step, loss_value)
     seconds = time.perf_counter() - start
-    return TrainOutcome(ema.model, loss_value, cfg.steps, seconds, seen / max(seconds, 1e-9), resumed_from=first - 1)
+    return TrainOutcome(ema.model, loss_value, steps, seconds, seen / max(seconds, 1e-9), resumed_from=first - 1)

@@ -115,3 +115,14 @@ def test_a_damaged_checkpoint_is_a_clear_error(tiny_pairs, tmp_path):
         assert "last.pt" in str(exc)
     else:
         raise AssertionError("a damaged checkpoint must be reported")
+
+
+def test_a_length_in_epochs_counts_whole_batches(tiny_pairs):
+    from dse.distill.train import total_steps
+
+    assert total_steps(TrainConfig(steps=7), 512) == 7
+    assert total_steps(TrainConfig(epochs=2, batch_size=100), 512) == 10  # 5 whole batches an epoch
+    assert total_steps(TrainConfig(epochs=0.5, batch_size=64), 512) == 4
+    out = train_student(DiT(StudentArch(1, 16, 2), G), PairStore.open(tiny_pairs),
+                        TrainConfig(epochs=1, batch_size=128, steps=999), torch.device("cpu"))
+    assert out.steps == 4
