@@ -40,7 +40,11 @@ def _echo(text: str = "") -> None:
 
 
 def _study(space_file: Optional[Path], **overrides: dict) -> StudyConfig:
-    cfg = load_study(space_file or DEMO_SPACE)
+    return _overridden(load_study(space_file or DEMO_SPACE), **overrides)
+
+
+def _overridden(cfg: StudyConfig, **overrides: dict) -> StudyConfig:
+    """`cfg` with the options the user gave (None: not given), validated again only if any was."""
     return with_overrides(cfg, **overrides) if any(v is not None for o in overrides.values() for v in o.values()) else cfg
 
 
@@ -76,7 +80,7 @@ def run(
 ) -> None:
     """Train and measure every architecture of a space under a budget, then write the Pareto report."""
     from dse.sizing import format_count, parse_budget
-    from dse.study import run_study
+    from dse.study import plan_study, run_study
 
     base = load_study(space or DEMO_SPACE)
     name = study or (f"{base.name}-{format_count(parse_budget(budget))}" if budget else None)
@@ -87,9 +91,7 @@ def run(
     }
     for section, values in parse_assignments(assignments or []).items():
         options.setdefault(section, {}).update(values)
-    cfg = _study(space, **options)
-    from dse.study import plan_study
-
+    cfg = _overridden(base, **options)
     plan = plan_study(cfg)  # validates before anything is written
     _echo(f"study {cfg.name}: {len(plan.specs)} trials ({len(plan.candidates)} architectures x "
           f"{len(cfg.trainings())} trainings) on {cfg.dataset}, budget {cfg.space.budget}")

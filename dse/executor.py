@@ -63,7 +63,7 @@ def run_trials(
     by_id = {s.trial_id: s for s in specs}
     for spec in specs:
         if not spec.threads:
-            by_id[spec.trial_id] = _with_threads(spec, max(1, int(cpus)))
+            by_id[spec.trial_id] = dataclasses.replace(spec, threads=max(1, int(cpus)))
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, specs=by_id, store_root=str(Path(store_root).resolve())),
         {"cpu": cpus, "gpu": gpus_per_trial},
@@ -80,10 +80,6 @@ def run_trials(
         ),
     )
     tuner.fit()
-
-
-def _with_threads(spec: TrialSpec, threads: int) -> TrialSpec:
-    return dataclasses.replace(spec, threads=threads)
 
 
 class Events(tune.Callback):

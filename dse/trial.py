@@ -75,10 +75,9 @@ def git_sha() -> str | None:
 
 def _base_row(spec: TrialSpec) -> dict[str, Any]:
     import dse
-
-    t, g, a = spec.train, spec.geometry, spec.arch
     from dse.sizing import count_params
 
+    t, g, a = spec.train, spec.geometry, spec.arch
     return {
         "trial_id": spec.trial_id, "study": spec.study, "dataset": spec.dataset,
         "image_size": g.image_size, "channels": g.channels, "num_classes": g.num_classes, "patch_size": g.patch_size,
