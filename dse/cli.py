@@ -100,9 +100,9 @@ def run(
     outcome = run_study(cfg, on_event=_print_event(len(plan.specs)), on_pairs=_pairs_progress())
     _echo(f"\n{outcome.num_complete} complete, {outcome.num_failed} failed"
           + (f", {outcome.skipped} already in the store" if outcome.skipped else ""))
-    _echo("Pareto front (params, fd, latency):")
+    _echo("Pareto front (params, fid, latency):")
     for r in outcome.front:
-        _echo(f"  {r['trial_id']:<34} {r['params']:>10,}  fd {r['fd']:8.3f}  {r['latency_s']:.3f} s")
+        _echo(f"  {r['trial_id']:<34} {r['params']:>10,}  fid {r['fid']:8.3f}  {r['latency_s']:.3f} s")
     _echo(f"results: {outcome.plan.store.root}/*.parquet")
     _echo(f"report:  {outcome.report_path}")
 
@@ -117,7 +117,7 @@ def _print_event(total: int):
         elif kind == "train":
             _echo(f"    {trial_id} step {data['step']} loss {data['loss']:.4f}")
         elif kind == "complete":
-            _echo(f"    {trial_id} done: {data['params']:,} params, fd {data['fd']:.3f}, latency {data['latency_s']:.3f} s")
+            _echo(f"    {trial_id} done: {data['params']:,} params, fid {data['fid']:.3f}, latency {data['latency_s']:.3f} s")
         elif kind == "failed":
             _echo(f"    {trial_id} FAILED: {data.get('error', '')}")
 

@@ -39,7 +39,7 @@ def _trainable(config: dict, specs: dict[str, TrialSpec], store_root: str) -> No
     row = result.row
     tune.report({
         "phase": "done", "status": row["status"], "error": row.get("error") or "",
-        "params": row.get("params"), "fd": row.get("fd"), "latency_s": row.get("latency_s"),
+        "params": row.get("params"), "fid": row.get("fid"), "latency_s": row.get("latency_s"),
     })
 
 

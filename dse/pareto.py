@@ -18,7 +18,7 @@ from dse.errors import DseError
 if TYPE_CHECKING:
     import pandas as pd
 
-DEFAULT_OBJECTIVES: tuple[str, ...] = ("params", "fd", "latency_s")
+DEFAULT_OBJECTIVES: tuple[str, ...] = ("params", "fid", "latency_s")
 
 Point = Sequence[float | None]
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 REQUIRED_COLUMNS = ("trial_id", "status", "depth", "width", "heads", "params")
 
-_QUALITY_NAMES = {"fd": "FD", "fid": "FID"}
+_QUALITY_NAMES = {"fid": "FID"}
 
 # Colours and marker symbols shared by every plot.
 _OTHER = {"color": "#8a94a6", "symbol": "circle", "size": 8}

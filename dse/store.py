@@ -24,7 +24,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     # size
     ("params", "int64"),
     # image quality and how it was measured
-    ("fd", "float64"), ("fd_extractor", "string"), ("fd_reference", "string"), ("fd_num_samples", "int64"),
+    ("fid", "float64"), ("fid_extractor", "string"), ("fid_reference", "string"), ("fid_num_samples", "int64"),
     ("guidance", "float64"),
     # latency and how it was measured
     ("latency_s", "float64"), ("latency_per_image_ms", "float64"), ("latency_cpu_s", "float64"),

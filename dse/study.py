@@ -136,7 +136,7 @@ def _finish(plan: StudyPlan, skipped: int) -> StudyOutcome:
     report = write_study_report(plan)
     mine = df[df["trial_id"].isin({s.trial_id for s in plan.specs})]
     front = mine[pareto_front(mine)] if len(mine) else mine
-    cols = ["trial_id", "depth", "width", "heads", "params", "fd", "latency_s"]
+    cols = ["trial_id", "depth", "width", "heads", "params", "fid", "latency_s"]
     return StudyOutcome(
         plan=plan, report_path=report,
         num_complete=int((mine["status"] == "complete").sum()), num_failed=int((mine["status"] == "failed").sum()),

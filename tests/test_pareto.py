@@ -108,7 +108,7 @@ def test_random_points_with_missing_values_rank_the_rest_alone():
 
 
 def _trials(rows: list[tuple], index=None) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["status", "params", "fd", "latency_s"], index=index)
+    return pd.DataFrame(rows, columns=["status", "params", "fid", "latency_s"], index=index)
 
 
 def test_pareto_front_considers_only_complete_rows_with_every_objective():
@@ -153,12 +153,12 @@ def test_pareto_front_of_an_empty_frame_is_empty():
 
 
 def test_pareto_front_names_a_missing_column():
-    with pytest.raises(DseError, match="'fd'"):
+    with pytest.raises(DseError, match="'fid'"):
         pareto_front(pd.DataFrame({"status": ["complete"], "params": [1], "latency_s": [1.0]}))
 
 
 def test_none_in_an_object_column_counts_as_missing():
     fd = pd.Series([None, 2.0, 1.0], dtype=object)
-    df = pd.DataFrame({"status": ["complete"] * 3, "params": [1, 2, 3], "fd": fd, "latency_s": [1.0] * 3})
+    df = pd.DataFrame({"status": ["complete"] * 3, "params": [1, 2, 3], "fid": fd, "latency_s": [1.0] * 3})
     ranks = pareto_ranks(df)
     assert pd.isna(ranks.iloc[0]) and ranks.iloc[1:].tolist() == [0, 0]

@@ -33,11 +33,11 @@ def _trial(trial_id, depth, width, heads, setup, loss, params, fd, latency_s, st
         "setup": setup,
         "loss": loss,
         "params": params,
-        "fd": fd,
+        "fid": fd,
         "latency_s": latency_s,
-        "fd_extractor": "clf-v1" if complete else None,
-        "fd_reference": "digits:train:1797" if complete else None,
-        "fd_num_samples": 2000 if complete else None,
+        "fid_extractor": "clf-v1" if complete else None,
+        "fid_reference": "digits:train:1797" if complete else None,
+        "fid_num_samples": 2000 if complete else None,
         "latency_device": "cpu" if complete else None,
         "latency_batch": 64 if complete else None,
         "latency_num_images": 256 if complete else None,
@@ -101,7 +101,7 @@ def test_failed_trial_record(df):
     data = compute_report_data(df)
     failed = next(t for t in data.trials if t.trial_id == "t-fail")
     assert failed.status == "failed" and failed.error == ERROR
-    assert failed.values == {"params": 410_000, "fd": None, "latency_s": None}
+    assert failed.values == {"params": 410_000, "fid": None, "latency_s": None}
     assert failed.params == 410_000 and failed.name == "d8-w48-h4"
     assert (data.n_complete, data.n_failed) == (5, 1)
 
@@ -109,7 +109,7 @@ def test_failed_trial_record(df):
 def test_record_fields(df):
     rule_a = next(t for t in compute_report_data(df).trials if t.trial_id == "t-rule-a")
     assert (rule_a.depth, rule_a.width, rule_a.heads, rule_a.setup, rule_a.loss) == (4, 96, 4, "get", "l2")
-    assert rule_a.values == {"params": 420_000, "fd": 11.0, "latency_s": 0.5}
+    assert rule_a.values == {"params": 420_000, "fid": 11.0, "latency_s": 0.5}
     assert rule_a.error is None
 
 
@@ -118,11 +118,11 @@ def test_objective_labels_and_provenance(df):
     assert data.title == "digits 0.42M"
     assert [(o.name, o.label) for o in data.objectives] == [
         ("params", "params (count)"),
-        ("fd", "FD (lower is better)"),
+        ("fid", "FID (lower is better)"),
         ("latency_s", "latency (s for 256 images)"),
     ]
     # The failed row leaves the count columns empty (float); the lines still print whole numbers.
-    assert data.provenance == ("fd: clf-v1 vs digits:train:1797, 2000 samples", "latency: cpu, batch 64, 256 images")
+    assert data.provenance == ("fid: clf-v1 vs digits:train:1797, 2000 samples", "latency: cpu, batch 64, 256 images")
 
 
 def test_provenance_lists_each_distinct_setting(df):
@@ -133,13 +133,13 @@ def test_provenance_lists_each_distinct_setting(df):
 
 
 def test_missing_provenance_columns_give_no_lines(df):
-    data = compute_report_data(df[["trial_id", "status", "depth", "width", "heads", "params", "fd", "latency_s"]])
+    data = compute_report_data(df[["trial_id", "status", "depth", "width", "heads", "params", "fid", "latency_s"]])
     assert data.provenance == ()
     assert data.objectives[2].label == "latency (s for N images)"
 
 
 def test_empty_frames():
-    for empty in (pd.DataFrame(), pd.DataFrame(columns=["trial_id", "status", "params", "fd", "latency_s"])):
+    for empty in (pd.DataFrame(), pd.DataFrame(columns=["trial_id", "status", "params", "fid", "latency_s"])):
         data = compute_report_data(empty, proposed=PROPOSED)
         assert data.trials == () and data.front_ids == () and data.proposed_ids == ()
         assert (data.n_complete, data.n_failed) == (0, 0)
@@ -154,7 +154,7 @@ def test_user_mistakes_raise_dse_error(df):
     with pytest.raises(DseError, match="heads"):
         compute_report_data(df.drop(columns=["heads"]))
     with pytest.raises(DseError, match="three objectives"):
-        compute_report_data(df, objectives=("params", "fd"))
+        compute_report_data(df, objectives=("params", "fid"))
     with pytest.raises(DseError, match="params"):
         compute_report_data(df, proposed={"depth": 4, "width": 96, "heads": 4})
 
@@ -249,14 +249,14 @@ def test_plots_show_front_design_rule_and_hover_names(page):
         [scatter3d[1]["scene"][f"{k}axis"]["title"]["text"] for k in "xyz"],
         *([layout[f"{k}axis"]["title"]["text"] for k in "xy"] for _, layout in (params_fd, params_latency, latency_fd)),
     ]
-    params, fd, latency = "params (count)", "FD (lower is better)", "latency (s for 256 images)"
+    params, fd, latency = "params (count)", "FID (lower is better)", "latency (s for 256 images)"
     assert axis_titles == [[params, fd, latency], [params, fd], [params, latency], [latency, fd]]
 
 
 def test_header_gives_counts_design_rule_and_provenance(page):
     assert "6 trials: 5 complete, 1 failed · 3 on the Pareto front" in page
     assert "d4-w96-h4, 420,000 params; trained as t-rule-a, t-rule-b" in page
-    assert "fd: clf-v1 vs digits:train:1797, 2000 samples" in page
+    assert "fid: clf-v1 vs digits:train:1797, 2000 samples" in page
 
 
 def test_untrained_design_rule_is_named_and_drawn_at_its_params(df):

@@ -7,16 +7,16 @@ from dse.store import COLUMN_NAMES, ResultsStore
 
 
 def _row(tid, status="complete", **kw):
-    return {"trial_id": tid, "status": status, "depth": 2, "params": 1000, "fd": 1.5, "proposed": False, **kw}
+    return {"trial_id": tid, "status": status, "depth": 2, "params": 1000, "fid": 1.5, "proposed": False, **kw}
 
 
 def test_rows_round_trip_with_the_declared_columns(tmp_path):
     store = ResultsStore(tmp_path / "trials")
     assert store.read().empty and list(store.read().columns) == list(COLUMN_NAMES)
     store.write(_row("a"))
-    store.write(_row("b", status="failed", error="boom", fd=None))
+    store.write(_row("b", status="failed", error="boom", fid=None))
     df = store.read().set_index("trial_id")
-    assert df.loc["a", "fd"] == 1.5 and df.loc["b", "error"] == "boom"
+    assert df.loc["a", "fid"] == 1.5 and df.loc["b", "error"] == "boom"
     assert store.completed_ids() == {"a"}
     assert sorted(os.listdir(tmp_path / "trials")) == ["a.parquet", "b.parquet"]  # no temporary files left
 

@@ -22,7 +22,7 @@ def test_a_trial_gives_a_complete_row_with_provenance(tiny_pairs, tmp_path):
     row = run_trial(spec, lambda kind, data: events.append(kind)).row
     assert row["status"] == "complete" and row["error"] is None
     assert row["params"] == count_params(spec.arch, spec.geometry)
-    assert row["fd"] > 0 and row["fd_extractor"] == "dse-digits-classifier-v1" and row["fd_num_samples"] == 200
+    assert row["fid"] > 0 and row["fid_extractor"] == "dse-digits-classifier-v1" and row["fid_num_samples"] == 200
     assert row["latency_s"] > 0 and row["latency_num_images"] == 256 and row["latency_batch"] == 128
     assert row["latency_device"] == "cpu" and row["pairs_num"] == 512
     assert "train" in events and "quality" in events

@@ -4,7 +4,7 @@ FD is torch-fidelity's FID formula evaluated in the feature space of an extracto
 (`EXTRACTORS`). Inception features mean little on 8x8 grey digits, so for `digits` dse trains a small
 classifier once (deterministically, on CPU, in a few seconds), caches it under `assets.extractors_dir()`,
 registers it with torch-fidelity as `dse-digits-classifier-v1` and measures FD on its penultimate
-layer. The result is reported honestly as `fd`, with `fd_extractor` naming the extractor, never as "FID".
+layer. The result is reported honestly as `fid`, with `fid_extractor` naming the extractor, never as "FID".
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ class _UInt8Images(Dataset):
 def image_quality(images: np.ndarray, dataset: str, *, device: str = "cpu") -> dict[str, float | int | str]:
     """FD of generated `images` (uint8 NHWC) to the full training set of `dataset`.
 
-    Returns {"fd", "fd_extractor", "fd_reference" (e.g. "digits:train:1797"), "fd_num_samples"}.
+    Returns {"fid", "fid_extractor", "fid_reference" (e.g. "digits:train:1797"), "fid_num_samples"}.
     The reference statistics are cached by torch-fidelity under `assets.fidelity_cache_dir()`, keyed
     by data set, split, size, extractor and a digest of its weights.
     """
@@ -280,10 +280,10 @@ def image_quality(images: np.ndarray, dataset: str, *, device: str = "cpu") -> d
             verbose=False,
         )
     return {
-        "fd": float(metrics[torch_fidelity.KEY_METRIC_FID]),
-        "fd_extractor": extractor,
-        "fd_reference": f"{dataset}:train:{len(reference)}",
-        "fd_num_samples": len(images),
+        "fid": float(metrics[torch_fidelity.KEY_METRIC_FID]),
+        "fid_extractor": extractor,
+        "fid_reference": f"{dataset}:train:{len(reference)}",
+        "fid_num_samples": len(images),
     }
 
 

@@ -111,17 +111,17 @@ def test_registration_is_idempotent() -> None:
 
 def test_fd_of_the_data_to_itself_is_zero(cache: Path, digits: ImageDataset) -> None:
     result = image_quality(digits.images, "digits")
-    assert abs(result["fd"]) < 1e-3
+    assert abs(result["fid"]) < 1e-3
     assert result == {
-        "fd": result["fd"],
-        "fd_extractor": "dse-digits-classifier-v1",
-        "fd_reference": "digits:train:1797",
-        "fd_num_samples": 1797,
+        "fid": result["fid"],
+        "fid_extractor": "dse-digits-classifier-v1",
+        "fid_reference": "digits:train:1797",
+        "fid_num_samples": 1797,
     }
 
 
 def test_fd_grows_with_noise(cache: Path, digits: ImageDataset) -> None:
-    fds = [image_quality(_noisy(digits.images, std), "digits")["fd"] for std in (0.0, 16.0, 48.0, 128.0)]
+    fds = [image_quality(_noisy(digits.images, std), "digits")["fid"] for std in (0.0, 16.0, 48.0, 128.0)]
     assert all(a < b for a, b in zip(fds, fds[1:])), fds
 
 
@@ -129,14 +129,14 @@ def test_one_class_is_farther_than_a_balanced_half(cache: Path, digits: ImageDat
     half, _ = digits_holdout_split(digits.labels)  # stratified, so class-balanced
     half = half[::2]
     one_class = digits.images[digits.labels == 3]
-    fd_half = image_quality(digits.images[half], "digits")["fd"]
-    fd_one = image_quality(one_class, "digits")["fd"]
+    fd_half = image_quality(digits.images[half], "digits")["fid"]
+    fd_one = image_quality(one_class, "digits")["fid"]
     assert fd_one > 10 * fd_half
 
 
 def test_matches_an_independent_frechet_distance(cache: Path, digits: ImageDataset) -> None:
     generated = _noisy(digits.images[::2], 40.0, seed=1)
-    fd = image_quality(generated, "digits")["fd"]
+    fd = image_quality(generated, "digits")["fid"]
 
     net = load_digits_classifier()
     with torch.no_grad():
