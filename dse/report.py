@@ -74,6 +74,7 @@ class TrialRecord:
     rank: int | None
     on_front: bool
     is_proposed: bool
+    samples_png: str | None = None  # the trial's PNG sample grid (one row per class), if it has one
 
     @property
     def name(self) -> str:
@@ -188,6 +189,7 @@ def _record(row: dict[str, Any], rank: Any, objectives: Sequence[str], arch: Pro
         rank=rank,
         on_front=rank == 0,
         is_proposed=arch is not None and (depth, width, heads) == (arch.depth, arch.width, arch.heads),
+        samples_png=_text(row.get("samples_png")),
     )
 
 
@@ -450,7 +452,7 @@ def _table_html(data: ReportData, formats: Mapping[str, str]) -> str:
         return '<p class="empty">No trials yet.</p>'
     others = [o for o in data.objectives if o.name != "params"]
     columns = [("trial", ""), ("architecture", ""), ("setup", ""), ("loss", ""), ("params", "num")]
-    columns += [(o.label, "num") for o in others] + [("rank", "num"), ("status", ""), ("error", "")]
+    columns += [(o.label, "num") for o in others] + [("rank", "num"), ("status", ""), ("samples", ""), ("error", "")]
     head = "".join(f'<th class="{cls}">{html.escape(name)}</th>' for name, cls in columns)
     rows = "\n".join(_table_row(t, others, formats) for t in data.trials)
     return (
@@ -471,8 +473,22 @@ def _table_row(t: TrialRecord, others: Sequence[Objective], formats: Mapping[str
         f'<tr class="{classes}"><td class="id">{e(t.trial_id)}</td><td class="arch">{arch}</td>'
         f'<td>{e(t.setup)}</td><td>{e(t.loss)}</td><td class="num">{_format(t.params, formats["params"])}</td>'
         f'{values}<td class="num">{rank}</td><td class="status">{e(t.status)}</td>'
-        f'<td class="error">{_error_html(t.error)}</td></tr>'
+        f'<td>{_samples_html(t)}</td><td class="error">{_error_html(t.error)}</td></tr>'
     )
+
+
+def _samples_html(t: TrialRecord) -> str:
+    """The trial's sample grid inlined as a data URI (the page stays one self-contained file); "–"
+    when the trial has none or its file is gone."""
+    import base64
+
+    path = Path(t.samples_png) if t.samples_png else None
+    if path is None or not path.is_file():
+        return "–"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    title = html.escape(f"{t.name}: one row per class, fixed noise per column")
+    return f'<img class="samples" alt="samples of {html.escape(t.trial_id)}" title="{title}" src="data:image/png;base64,{data}">'
+
 
 
 def _error_html(error: str | None) -> str:
@@ -510,6 +526,8 @@ td.error pre { white-space: pre-wrap; font-size: 12px; margin: 4px 0 0; }
 .badge { font: 11px system-ui, sans-serif; color: #fff; background: #1864ab; border-radius: 3px; padding: 1px 5px;
          margin: 0 4px 0 14px; white-space: nowrap; }
 td .badge { margin-left: 6px; }
+img.samples { height: 64px; image-rendering: pixelated; transition: height 0.1s; }
+img.samples:hover { height: 320px; }
 .legend { font-size: 12px; color: #495057; margin: 0 0 6px; }
 .swatch { display: inline-block; width: 12px; height: 12px; vertical-align: -2px; margin-right: 5px;
           background: #fff4e6; border: 1px solid #e8590c; border-radius: 2px; }

@@ -23,13 +23,20 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("pairs_dir", "string"), ("pairs_teacher", "string"), ("pairs_num", "int64"), ("config_json", "string"),
     # size
     ("params", "int64"),
-    # image quality and how it was measured
+    # image quality and how it was measured (docs/metrics.md)
     ("fid", "float64"), ("fid_extractor", "string"), ("fid_reference", "string"), ("fid_num_samples", "int64"),
-    ("guidance", "float64"),
+    ("kid", "float64"), ("kid_std", "float64"), ("is_mean", "float64"), ("is_std", "float64"),
+    ("quality_note", "string"), ("guidance", "float64"), ("quality_seconds", "float64"),
     # latency and how it was measured
     ("latency_s", "float64"), ("latency_per_image_ms", "float64"), ("latency_cpu_s", "float64"),
     ("latency_device", "string"), ("latency_batch", "int64"), ("latency_num_images", "int64"),
     ("latency_repeats", "int64"), ("latency_guidance", "float64"), ("latency_threads", "int64"), ("dtype", "string"),
+    ("latency_compile", "bool_"), ("latency_seconds", "float64"),
+    # deployment proxy: the ONNX export timed with onnxruntime on CPU
+    ("latency_onnx_cpu_s", "float64"), ("latency_onnx_threads", "int64"), ("latency_onnx_num_images", "int64"),
+    ("latency_onnx_batch", "int64"), ("onnx_max_abs_diff", "float64"), ("onnx_bytes", "int64"), ("onnx_path", "string"),
+    # artifacts of the trial
+    ("checkpoint", "string"), ("samples_png", "string"),
     # training
     ("final_loss", "float64"), ("train_seconds", "float64"), ("train_images_per_s", "float64"),
     ("eval_seconds", "float64"),

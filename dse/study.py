@@ -84,7 +84,7 @@ def plan_study(cfg: StudyConfig) -> StudyPlan:
                 study=cfg.name, dataset=cfg.dataset, geometry=geometry, arch=cand.arch, train=train,
                 eval=cfg.eval, pairs_dir=str(cfg.pairs_dir().resolve()), budget=budget,
                 proposed=proposal is not None and cand.arch == proposal.arch, device=cfg.run.device,
-                variant=variant,
+                variant=variant, data_root=cfg.data_root, defer_latency=True,
             )
             artifacts = (Path(cfg.run.results_dir) / cfg.name / "artifacts" / spec.trial_id).resolve()
             specs.append(dataclasses.replace(spec, artifacts_dir=str(artifacts)))
@@ -126,7 +126,34 @@ def run_study(
         todo, store.root, storage_dir=plan.study_dir, cpus_per_trial=cfg.run.cpus_per_trial,
         gpus_per_trial=cfg.run.gpus_per_trial, address=cfg.run.address, on_event=on_event,
     )
+    measure_latency_pass(plan, on_event)
     return _finish(plan, skipped=len(plan.specs) - len(todo))
+
+
+def measure_latency_pass(plan: StudyPlan, on_event: OnEvent | None = None) -> int:
+    """Measure, one at a time in this process, the latency of every complete trial of the plan whose
+    row has none yet, and rewrite those rows. Training is over by then, so each measurement has the
+    device to itself. Returns how many were measured; a rerun after an interruption goes on where it stopped."""
+    from dse.trial import measure_deferred_latency
+
+    store = plan.store
+    df = store.read()
+    ids = {s.trial_id for s in plan.specs}
+    pending = df[df["trial_id"].isin(ids) & (df["status"] == "complete") & df["latency_s"].isna()]
+    for record in pending.to_dict("records"):
+        row = {k: (None if _missing(v) else v) for k, v in record.items()}
+        row = measure_deferred_latency(row, plan.config.run.device)
+        store.write(row)
+        if on_event:
+            on_event(row["trial_id"], "latency" if row["status"] == "complete" else "failed", row)
+    return len(pending)
+
+
+def _missing(value) -> bool:
+    """True for the nulls pandas gives back for empty cells (None, NaN, NA)."""
+    import pandas as pd
+
+    return value is None or (not isinstance(value, (str, bytes, list, dict)) and bool(pd.isna(value)))
 
 
 def _finish(plan: StudyPlan, skipped: int) -> StudyOutcome:

@@ -37,16 +37,22 @@ class TrialSpec:
     threads: int = 0  # 0: leave torch's default
     artifacts_dir: str = ""  # where the trial keeps its checkpoint; "" keeps none
     variant: str = ""  # the name of its training setting in the study
+    data_root: str = ""  # where the data set lives (for the FID reference); "" = the default
+    defer_latency: bool = False  # True: leave latency to the study's own pass (the device to itself)
 
     @property
     def trial_id(self) -> str:
         """Readable and unique: architecture, setup, loss and a hash of everything that shapes the row."""
         key = json.dumps(
-            {k: v for k, v in dataclasses.asdict(self).items() if k not in ("study", "device", "threads", "proposed", "budget", "artifacts_dir", "variant")},
+            {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_ID},
             sort_keys=True,
         )
         digest = hashlib.sha256(key.encode()).hexdigest()[:8]
         return f"{self.arch.name}-{self.train.setup}-{self.train.loss}-{digest}"
+
+
+# Fields that say where or how a trial runs, not what it computes: not part of its id.
+_NOT_IN_ID = ("study", "device", "threads", "proposed", "budget", "artifacts_dir", "variant", "data_root", "defer_latency")
 
 
 @dataclass
@@ -119,11 +125,9 @@ def resolve_device(name: str):
 def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | None) -> dict[str, Any]:
     import torch
 
+    from dse import evaluation
     from dse.data.pairs import PairStore
     from dse.distill.train import train_student
-    from dse.metrics.fid import image_quality
-    from dse.metrics.latency import measure_latency
-    from dse.metrics.samples import sample_images
     from dse.models.dit import DiT, count_module_params
 
     if spec.threads:
@@ -137,24 +141,45 @@ def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | 
         if progress:
             progress("train", {"step": step, "loss": loss})
 
-    checkpoints = Path(spec.artifacts_dir) if spec.artifacts_dir else None
-    trained = train_student(student, pairs, spec.train, device, progress=on_step, checkpoint_dir=checkpoints)
-    eval_start = time.perf_counter()
-    images, _ = sample_images(
-        trained.ema, spec.eval.num_samples, guidance=spec.eval.guidance, seed=spec.eval.seed, device=device
-    )
-    quality = image_quality(images, spec.dataset, device=str(device))
-    if progress:
-        progress("quality", quality)
-    latency = measure_latency(
-        trained.ema, num_images=spec.eval.latency_num_images, batch_size=spec.eval.latency_batch,
-        guidance=spec.eval.guidance, repeats=spec.eval.latency_repeats, device=device,
-    )
-    return {
-        **quality, **latency,
+    artifacts = Path(spec.artifacts_dir) if spec.artifacts_dir else None
+    trained = train_student(student, pairs, spec.train, device, progress=on_step, checkpoint_dir=artifacts)
+    row: dict[str, Any] = {
         "params": count_module_params(trained.ema),
         "pairs_teacher": pairs.manifest["teacher"]["kind"], "pairs_num": len(pairs),
         "steps": trained.steps, "final_loss": trained.final_loss, "train_seconds": trained.seconds,
-        "train_images_per_s": trained.images_per_second, "eval_seconds": time.perf_counter() - eval_start,
-        "device": str(device), "torch_version": torch.__version__,
+        "train_images_per_s": trained.images_per_second, "device": str(device), "torch_version": torch.__version__,
     }
+    eval_start = time.perf_counter()
+    if artifacts is not None:
+        row["checkpoint"] = str(evaluation.save_student(
+            artifacts / evaluation.STUDENT_FILE, trained.ema, dataset=spec.dataset, data_root=spec.data_root,
+            trial_id=spec.trial_id,
+        ))
+        row["samples_png"] = evaluation.write_samples(trained.ema, artifacts / evaluation.SAMPLES_FILE, spec.eval, device)
+    row.update(evaluation.measure_quality(trained.ema, spec.dataset, spec.eval, data_root=spec.data_root, device=device))
+    if progress:
+        progress("quality", {k: row.get(k) for k in ("fid", "kid", "is_mean")})
+    if not spec.defer_latency:
+        onnx_path = artifacts / evaluation.ONNX_FILE if artifacts is not None else None
+        row.update(evaluation.measure_speed(trained.ema, spec.eval, device=device, onnx_path=onnx_path))
+    row["eval_seconds"] = time.perf_counter() - eval_start
+    return row
+
+
+def measure_deferred_latency(row: dict[str, Any], device: str = "auto") -> dict[str, Any]:
+    """The row of a trial that deferred its latency, completed by `evaluation.measure_speed` on its saved
+    student; a failure marks the row failed with the error. Used by the study's latency pass."""
+    from dse import evaluation
+    from dse.config import EvalConfig
+
+    row = dict(row)
+    try:
+        spec = json.loads(row["config_json"])
+        cfg = EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["eval"].items()})
+        model, _ = evaluation.load_student(row["checkpoint"])
+        dev = resolve_device(device)
+        onnx_path = Path(row["checkpoint"]).parent / evaluation.ONNX_FILE
+        row.update(evaluation.measure_speed(model.to(dev), cfg, device=dev, onnx_path=onnx_path))
+    except Exception as exc:  # noqa: BLE001 - recorded in the row like any failure of a trial
+        row["status"], row["error"] = "failed", f"latency: {type(exc).__name__}: {exc}"
+    return row

@@ -325,3 +325,19 @@ def test_importing_the_modules_loads_no_heavy_library():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sample_grids_are_inlined_and_a_missing_one_is_a_dash(df, tmp_path):
+    import base64
+
+    png = tmp_path / "samples.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nnot-really-an-image")
+    df = df.copy()
+    df["samples_png"] = None
+    df.loc[df.index[0], "samples_png"] = str(png)
+    df.loc[df.index[1], "samples_png"] = str(tmp_path / "gone.png")
+    page = render_html(compute_report_data(df, proposed=PROPOSED))
+    uris = re.findall(r'<img class="samples"[^>]* src="data:image/png;base64,([^"]+)"', page)
+    assert [base64.b64decode(u) for u in uris] == [png.read_bytes()]  # only the grid that exists, unchanged
+    rows = re.findall(r"<tr class=[^>]*>(.*?)</tr>", page, re.S)
+    assert len(rows) == len(df) and sum("data:image/png" in r for r in rows) == 1

