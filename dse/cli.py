@@ -73,11 +73,19 @@ def run(
     study: Optional[str] = typer.Option(None, "--study", help="Study name [default: the space's name, plus the budget if given]."),
     lower: Optional[float] = LowerOpt, upper: Optional[float] = UpperOpt,
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per trial."),
-    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="Generated images for image quality."),
+    fid_samples: Optional[int] = typer.Option(None, "--fid-samples", help="Generated images for FID/KID/IS [50000]."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:N]."),
+    search: Optional[str] = typer.Option(None, "--search", help="grid (every candidate) or optuna (multi-objective TPE) [grid]."),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="optuna: trials to run [as many as candidates]."),
+    halving: Optional[bool] = typer.Option(None, "--halving/--no-halving", help="Stop trials whose partial (params, loss) is dominated (successive halving)."),
+    cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", help="CPUs per trial [0: every CPU of a node]."),
+    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="GPUs per trial, fractions allowed (0.25: four per GPU) [-1: from the model's memory]."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster (HOST:PORT) [$RAY_ADDRESS, else a local Ray]."),
     results_dir: Optional[str] = typer.Option(None, "--results-dir", help="Where studies are stored [results]."),
     reports_dir: Optional[str] = typer.Option(None, "--reports-dir", help="Where reports are written [reports]."),
     assignments: Optional[list[str]] = typer.Option(None, "--set", help="Any key of the space file: SECTION.KEY=VALUE, e.g. --set data.dataset=digits (repeatable)."),
+    live: bool = typer.Option(True, "--live/--no-live", help="A live table of trials on a terminal (plain lines otherwise)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run trials stored as failed (or stopped) again."),
 ) -> None:
     """Train and measure every architecture of a space under a budget, then write the Pareto report."""
     from dse.sizing import format_count, parse_budget
@@ -87,8 +95,11 @@ def run(
     name = study or (f"{base.name}-{format_count(parse_budget(budget))}" if budget else None)
     options = {
         "study": {"name": name}, "space": {"budget": budget, "lower": lower, "upper": upper},
-        "train": {"steps": steps}, "eval": {"num_samples": num_samples},
-        "run": {"device": device, "results_dir": results_dir, "reports_dir": reports_dir},
+        "train": {"steps": steps}, "eval": {"num_samples": fid_samples},
+        "run": {"device": device, "results_dir": results_dir, "reports_dir": reports_dir,
+                "retry_failed": retry_failed or None, "search": search, "num_samples": num_samples,
+                "halving": halving, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
+                "address": address},
     }
     for section, values in parse_assignments(assignments or []).items():
         options.setdefault(section, {}).update(values)
@@ -98,39 +109,16 @@ def run(
           f"{len(cfg.trainings())} trainings) on {cfg.dataset}, budget {cfg.space.budget}")
     if plan.proposal:
         _echo(f"design rule: {plan.proposal.arch.name} ({plan.proposal.params:,} params)")
-    outcome = run_study(cfg, on_event=_print_event(len(plan.specs)), on_pairs=_pairs_progress())
-    _echo(f"\n{outcome.num_complete} complete, {outcome.num_failed} failed"
-          + (f", {outcome.skipped} already in the store" if outcome.skipped else ""))
-    _echo("Pareto front (params, fid, latency):")
-    for r in outcome.front:
-        _echo(f"  {r['trial_id']:<34} {r['params']:>10,}  fid {_num(r['fid']):>8}  {_num(r['latency_s'])} s")
-    _echo(f"results: {outcome.plan.store.root}/*.parquet")
-    _echo(f"report:  {outcome.report_path}")
+    from dse.progress import TrialBoard, live_table, outcome_summary
 
-
-def _num(value, digits: int = 3) -> str:
-    """A metric for a progress line: fixed decimals, or "-" when it was not measured."""
-    return "-" if value is None or value != value else f"{value:.{digits}f}"
-
-
-def _print_event(total: int):
-    started: dict[str, int] = {}
-
-    def on_event(trial_id: str, kind: str, data: dict) -> None:
-        if kind == "start":
-            started[trial_id] = len(started) + 1
-            _echo(f"[{started[trial_id]}/{total}] {trial_id} started")
-        elif kind == "train":
-            _echo(f"    {trial_id} step {data['step']} loss {data['loss']:.4f}")
-        elif kind == "complete":
-            _echo(f"    {trial_id} trained: {data['params']:,} params, fid {_num(data.get('fid'))}")
-        elif kind == "latency":
-            _echo(f"    {trial_id} latency {_num(data.get('latency_s'))} s for {data.get('latency_num_images')} images"
-                  + (f", onnxruntime {_num(data.get('latency_onnx_cpu_s'))} s" if data.get("latency_onnx_cpu_s") is not None else ""))
-        elif kind == "failed":
-            _echo(f"    {trial_id} FAILED: {data.get('error', '')}")
-
-    return on_event
+    # a trial's length in steps; 0 (unknown) when train.epochs sets it from the pair count
+    steps = {s.trial_id: (0 if s.train.epochs else s.train.steps) for s in plan.specs}
+    board = TrialBoard([s.trial_id for s in plan.specs], steps, stored=plan.store.completed_ids())
+    with live_table(board, enabled=live) as on_event:
+        outcome = run_study(cfg, on_event=on_event, on_pairs=_pairs_progress())
+    _echo()
+    for line in outcome_summary(outcome, elapsed_s=board.elapsed()):
+        _echo(line)
 
 
 def _pairs_progress():
@@ -288,6 +276,50 @@ def results_cmd(
         study = known[0]
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     typer.echo(format_table(study_results(study, results_dir, cols), fmt), nl=False)
+
+
+@app.command("status")
+def status_cmd(
+    study: Optional[str] = typer.Argument(None, help="Study name (none: every study, one line each)."),
+    results_dir: str = ResultsDirOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Where a study stands: trials done, running (and where), failed (and why), stopped, pending."""
+    from dse.study import studies_status, study_status
+
+    found = study_status(study, results_dir) if study else studies_status(results_dir)
+    if as_json:
+        _echo(json.dumps(found, indent=2, default=str))
+    elif study:
+        _echo(_status_text(found))
+    elif not found:
+        _echo(f"no studies in {results_dir}/ yet (run `dse run`)")
+    else:
+        for s in found:
+            _echo(f"{s['study']:<28} {_counts_text(s)}")
+
+
+def _counts_text(s: dict) -> str:
+    c = s["counts"]
+    return f"{c['done']}/{s['total']} done, {c['running']} running, {c['failed']} failed, {c['stopped']} stopped, {c['pending']} pending"
+
+
+def _status_text(s: dict, most: int = 15) -> str:
+    """One screen: the counts, then each running and failed trial (at most `most` of each)."""
+    lines = [f"study {s['study']} ({s['dataset']}, budget {s['budget']}): {_counts_text(s)}"]
+    if s["resumable"]:
+        lines.append(f"{len(s['resumable'])} pending with a checkpoint: `dse run` resumes them")
+    for kind, items, text in (
+        ("running", s["running"], lambda r: f"{r['trial_id']:<34} on {r['host']} pid {r['pid']} since {r['started_at']}"),
+        ("failed", s["failed"], lambda r: f"{r['trial_id']:<34} {(r['error'].splitlines() or [''])[0][:100]}"),
+    ):
+        if items:
+            lines.append(f"{kind}:")
+            lines += [f"  {text(r)}" for r in items[:most]]
+            if len(items) > most:
+                lines.append(f"  ... and {len(items) - most} more (--json lists all)")
+    if s["failed"]:
+        lines.append("`dse run --retry-failed` runs the failed ones again")
+    return "\n".join(lines)
 
 
 @app.command("assets")

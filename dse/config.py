@@ -158,14 +158,27 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Where and how trials run. `cpus_per_trial = 0` gives each trial every local CPU."""
+    """Where and how trials run (docs/running.md).
+
+    `cpus_per_trial = 0` gives each trial every CPU of a node; `gpus_per_trial = -1` chooses the GPU
+    share from the candidate's estimated peak memory (0 when there is no GPU); a fraction such as
+    0.25 packs four trials on one GPU. `search` is "grid" (every candidate) or "optuna"
+    (multi-objective TPE over the candidates, `num_samples` trials); `halving` stops trials whose
+    partial results are dominated (successive halving on the non-dominated rank).
+    """
 
     results_dir: str = "results"
     reports_dir: str = "reports"
     cpus_per_trial: float = 0
-    gpus_per_trial: float = 0
+    gpus_per_trial: float = -1
     device: str = "auto"
     address: str = ""
+    search: str = "grid"
+    num_samples: int = 0  # optuna: trials to sample (0: as many as there are candidates)
+    halving: bool = False
+    halving_rungs: int = 3  # rungs at 1/eta^(k-1), ..., 1/eta, 1 of the training steps
+    halving_eta: int = 3  # at each rung, keep the best 1/eta by non-dominated rank
+    retry_failed: bool = False  # run trials stored as failed again
 
 
 @dataclass(frozen=True)
@@ -363,6 +376,13 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         raise DseError(f"{source}: teacher.kind = \"store\" needs teacher.pairs_dir (e.g. pairs made by `dse teacher import-get`)")
     if cfg.teacher.kind in ("trained", "external") and not cfg.teacher.source:
         raise DseError(f"{source}: teacher.kind = {cfg.teacher.kind!r} needs teacher.source (a checkpoint, or a TorchScript file / module:function)")
+    r = cfg.run
+    if r.search not in ("grid", "optuna"):
+        raise DseError(f"{source}: run.search must be grid or optuna (got {r.search!r})")
+    if r.num_samples < 0 or r.cpus_per_trial < 0 or (r.gpus_per_trial < 0 and r.gpus_per_trial != -1):
+        raise DseError(f"{source}: run.num_samples and run.cpus_per_trial must be >= 0, run.gpus_per_trial >= 0 or -1 (auto)")
+    if r.halving_rungs < 2 or r.halving_eta < 2:
+        raise DseError(f"{source}: run.halving_rungs and run.halving_eta must be at least 2")
     if cfg.run.device not in ("auto", "cpu") and not cfg.run.device.startswith("cuda"):
         raise DseError(f"{source}: run.device must be auto, cpu or cuda[:N] (got {cfg.run.device!r})")
 

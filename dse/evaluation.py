@@ -50,20 +50,12 @@ def load_student(path: str | Path):
     Anything else (a missing file, a trainer checkpoint, a damaged or foreign file) is a DseError
     that says what was expected; nothing in the file is executed.
     """
-    import torch
-
+    from dse.fileio import load_format_file
     from dse.models.dit import DiT
 
     p = Path(path)
-    if not p.is_file():
-        raise DseError(f"student checkpoint not found: {p} (a trial writes results/<study>/artifacts/<trial>/{STUDENT_FILE})")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged or unsafe file
-        raise DseError(f"cannot read {p} as a dse student checkpoint ({str(exc).splitlines()[0]})") from None
-    if not isinstance(state, dict) or state.get("format") != STUDENT_FORMAT:
-        hint = " (this is a trainer checkpoint; use the trial's student.pt)" if isinstance(state, dict) and "optimizer" in state else ""
-        raise DseError(f"{p} is not a {STUDENT_FORMAT} checkpoint{hint}")
+    state = load_format_file(p, STUDENT_FORMAT, "dse student checkpoint",
+                             f"a trial writes results/<study>/artifacts/<trial>/{STUDENT_FILE}")
     try:
         arch, geometry = StudentArch(**state["arch"]), Geometry(**state["geometry"])
         model = DiT(arch, geometry, label_dropout=float(state.get("label_dropout", 0.1)))

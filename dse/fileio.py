@@ -31,3 +31,23 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
     """Write `data` (text is UTF-8 encoded) to `path` atomically."""
     with atomic_writer(path) as f:
         f.write(data.encode() if isinstance(data, str) else data)
+
+
+def load_format_file(path: Path, fmt: str, what: str, missing_hint: str) -> dict:
+    """A dse checkpoint dict whose "format" is `fmt`, read with `torch.load(..., weights_only=True)`
+    on CPU (nothing in the file is executed). A missing, unreadable or foreign file is a DseError
+    naming `what` it should have been; `missing_hint` says how to get one."""
+    import torch
+
+    from dse.errors import DseError
+
+    if not path.is_file():
+        raise DseError(f"{what} {path} not found; {missing_hint}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a truncated, foreign or unsafe file
+        raise DseError(f"{path} is corrupt or not a {what} ({str(exc).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        hint = " (this is a trainer checkpoint)" if isinstance(state, dict) and "optimizer" in state else ""
+        raise DseError(f"{path} is not a {what} ({fmt}){hint}")
+    return state

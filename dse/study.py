@@ -52,8 +52,10 @@ class StudyOutcome:
     report_path: Path
     num_complete: int
     num_failed: int
-    skipped: int
+    skipped: int  # not run: their row says complete, stopped, or failed (without retry_failed)
     front: list[dict]
+    elsewhere: int = 0  # not run: another live process holds their claim
+    num_stopped: int = 0
 
 
 def geometry_of(cfg: StudyConfig) -> Geometry:
@@ -109,25 +111,54 @@ def ensure_pairs(cfg: StudyConfig, progress: Callable[[int, int, float], None] |
     )
 
 
+def trials_to_run(specs: list[TrialSpec], statuses: dict[str, str], retry_failed: bool = False) -> list[TrialSpec]:
+    """The specs a run of the study trains: those with no row, and with `retry_failed` also those
+    whose row says failed or stopped. Complete ones never run again; an interrupted one (no row)
+    runs again and resumes from its checkpoint `artifacts/<trial>/last.pt`."""
+    again = ("failed", "stopped") if retry_failed else ()
+    return [s for s in specs if s.trial_id not in statuses or statuses[s.trial_id] in again]
+
+
 def run_study(
     cfg: StudyConfig, *, on_event: OnEvent | None = None,
     on_pairs: Callable[[int, int, float], None] | None = None,
 ) -> StudyOutcome:
-    """Run every trial of the study that is not complete in its store, then write the report."""
+    """Run every trial of the study that is not done in its store (see `trials_to_run`) and that no
+    other live process has claimed, then measure latencies and write the report."""
     from dse.executor import run_trials
 
     plan = plan_study(cfg)
     atomic_write(plan.study_dir / STUDY_FILE, cfg.to_json())
     ensure_pairs(cfg, on_pairs)
-    store = plan.store
-    done = store.completed_ids()
-    todo = [s for s in plan.specs if s.trial_id not in done]
-    run_trials(
-        todo, store.root, storage_dir=plan.study_dir, cpus_per_trial=cfg.run.cpus_per_trial,
-        gpus_per_trial=cfg.run.gpus_per_trial, address=cfg.run.address, on_event=on_event,
-    )
+    store, retry = plan.store, cfg.run.retry_failed
+    todo = trials_to_run(plan.specs, store.statuses(), retry)
+    with store.claim([s.trial_id for s in todo]) as claims:
+        # a trial another process finished between the read above and our claim is not run again
+        mine = [s for s in todo if s.trial_id in claims]
+        mine = trials_to_run(mine, store.statuses(s.trial_id for s in mine), retry)
+        claims.release(set(claims.got) - {s.trial_id for s in mine})
+        r = cfg.run
+        run_trials(
+            mine, store.root, storage_dir=plan.study_dir, cpus_per_trial=r.cpus_per_trial,
+            gpus_per_trial=r.gpus_per_trial, address=r.address, on_event=_releasing(claims, on_event),
+            search=r.search, num_samples=r.num_samples, halving=r.halving, halving_rungs=r.halving_rungs,
+            halving_eta=r.halving_eta, seed=cfg.train.seed,
+            context=[s for s in plan.specs if s.trial_id not in {m.trial_id for m in mine}],
+        )
     measure_latency_pass(plan, on_event)
-    return _finish(plan, skipped=len(plan.specs) - len(todo))
+    return _finish(plan, skipped=len(plan.specs) - len(mine) - len(claims.busy), elsewhere=len(claims.busy))
+
+
+def _releasing(claims, on_event: OnEvent | None) -> OnEvent:
+    """`on_event`, releasing a trial's claim as soon as its row is stored."""
+
+    def handle(trial_id: str, kind: str, data: dict) -> None:
+        if kind in ("complete", "failed", "stopped"):
+            claims.release([trial_id])
+        if on_event:
+            on_event(trial_id, kind, data)
+
+    return handle
 
 
 def measure_latency_pass(plan: StudyPlan, on_event: OnEvent | None = None) -> int:
@@ -137,16 +168,24 @@ def measure_latency_pass(plan: StudyPlan, on_event: OnEvent | None = None) -> in
     from dse.trial import measure_deferred_latency
 
     store = plan.store
-    df = store.read()
     ids = {s.trial_id for s in plan.specs}
-    pending = df[df["trial_id"].isin(ids) & (df["status"] == "complete") & df["latency_s"].isna()]
-    for record in pending.to_dict("records"):
-        row = {k: (None if _missing(v) else v) for k, v in record.items()}
-        row = measure_deferred_latency(row, plan.config.run.device)
-        store.write(row)
-        if on_event:
-            on_event(row["trial_id"], "latency" if row["status"] == "complete" else "failed", row)
-    return len(pending)
+
+    def pending():
+        df = store.read()
+        return df[df["trial_id"].isin(ids) & (df["status"] == "complete") & df["latency_s"].isna()]
+
+    # claimed like trials, so that two runs of the study do not measure (and write) the same row
+    with store.claim(sorted(pending()["trial_id"])) as claims:
+        todo = pending()  # read again: measured meanwhile by another run -> not again
+        todo = todo[todo["trial_id"].isin(set(claims.got))]
+        for record in todo.to_dict("records"):
+            row = {k: (None if _missing(v) else v) for k, v in record.items()}
+            row = measure_deferred_latency(row, plan.config.run.device)
+            store.write(row)
+            claims.release([row["trial_id"]])
+            if on_event:
+                on_event(row["trial_id"], "latency" if row["status"] == "complete" else "failed", row)
+    return len(todo)
 
 
 def _missing(value) -> bool:
@@ -156,7 +195,7 @@ def _missing(value) -> bool:
     return value is None or (not isinstance(value, (str, bytes, list, dict)) and bool(pd.isna(value)))
 
 
-def _finish(plan: StudyPlan, skipped: int) -> StudyOutcome:
+def _finish(plan: StudyPlan, skipped: int, elsewhere: int = 0) -> StudyOutcome:
     from dse.pareto import pareto_front
 
     df = plan.store.read()
@@ -167,7 +206,8 @@ def _finish(plan: StudyPlan, skipped: int) -> StudyOutcome:
     return StudyOutcome(
         plan=plan, report_path=report,
         num_complete=int((mine["status"] == "complete").sum()), num_failed=int((mine["status"] == "failed").sum()),
-        skipped=skipped, front=front.sort_values("params")[cols].to_dict("records"),
+        skipped=skipped, front=front.sort_values("params")[cols].to_dict("records"), elsewhere=elsewhere,
+        num_stopped=int((mine["status"] == "stopped").sum()),
     )
 
 
@@ -196,3 +236,61 @@ def write_study_report(plan: StudyPlan) -> Path:
     proposed = None if proposal is None else proposal.to_dict()
     title = f"dse study {plan.config.name}: {plan.config.dataset}, budget {plan.config.space.budget}"
     return write_report(plan.store.read(), plan.report_path, proposed=proposed, title=title)
+
+
+STATUS_KINDS = ("done", "running", "failed", "stopped", "pending")
+
+
+def study_status(name: str, results_dir: str | Path = "results") -> dict:
+    """Where study `name` stands: counts and ids of its trials that are done (row complete), running
+    (a live claim), failed, stopped, and pending (planned in its study.json, no row and no live
+    claim; `resumable`: those of them with a checkpoint to resume from). Reads files only."""
+    cfg = load_study_dir(name, str(results_dir))
+    # plan with the results folder the study was found in, as `dse run` planned it from its own
+    cfg = with_overrides(cfg, run={"results_dir": str(results_dir)})
+    plan = plan_study(cfg)
+    store = plan.store
+    df = store.read()
+    rows = {r["trial_id"]: r for r in df[["trial_id", "status", "error", "finished_at"]].to_dict("records")}
+    live = store.live_claims()
+    planned = [s.trial_id for s in plan.specs]
+    ids = planned + sorted(set(rows) - set(planned))  # rows of trials no longer planned count too
+    out: dict = {k: [] for k in STATUS_KINDS}
+    for tid in ids:
+        row, claim = rows.get(tid), live.get(tid)
+        status = None if row is None else row["status"]
+        if claim is not None and status != "complete" and not _row_after(row, claim.started_at):
+            out["running"].append(claim.to_dict())
+        elif status == "complete":
+            out["done"].append(tid)
+        elif status == "failed":
+            out["failed"].append({"trial_id": tid, "error": "" if _missing(row["error"]) else str(row["error"])})
+        elif status == "stopped":
+            out["stopped"].append(tid)
+        else:
+            out["pending"].append(tid)
+    artifacts = plan.study_dir / "artifacts"
+    return {
+        "study": name, "dir": str(plan.study_dir), "dataset": cfg.dataset, "budget": cfg.space.budget,
+        "total": len(ids), "counts": {k: len(out[k]) for k in STATUS_KINDS}, **out,
+        "resumable": [t for t in out["pending"] if (artifacts / t / "last.pt").is_file()],
+    }
+
+
+def _row_after(row: dict | None, started_at: str) -> bool:
+    """True when `row` was finished after a claim started at `started_at` (the claimer's own row)."""
+    if row is None or _missing(row.get("finished_at")) or not started_at:
+        return False
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(row["finished_at"])) >= datetime.fromisoformat(started_at)
+    except (TypeError, ValueError):
+        return False
+
+
+def studies_status(results_dir: str | Path = "results") -> list[dict]:
+    """`study_status` of every study under `results_dir` (those with a study.json), by name."""
+    root = Path(results_dir)
+    names = sorted(p.parent.name for p in root.glob(f"*/{STUDY_FILE}")) if root.is_dir() else []
+    return [study_status(n, results_dir) for n in names]

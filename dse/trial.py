@@ -79,7 +79,7 @@ def git_sha() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _base_row(spec: TrialSpec) -> dict[str, Any]:
+def base_row(spec: TrialSpec) -> dict[str, Any]:
     import dse
     from dse.sizing import count_params
 
@@ -101,7 +101,7 @@ def _base_row(spec: TrialSpec) -> dict[str, Any]:
 def run_trial(spec: TrialSpec, progress: Callable[[str, dict], None] | None = None) -> TrialResult:
     """Train and measure one candidate. Never raises for a failing candidate: the row then has
     status "failed" and the error, so a study goes on with the other trials."""
-    row = _base_row(spec)
+    row = base_row(spec)
     try:
         row.update(_train_and_measure(spec, progress))
         row["status"], row["error"] = "complete", None

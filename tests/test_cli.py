@@ -177,10 +177,10 @@ def test_teacher_generate_then_inspect(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["eval", "no/such/student.pt"], "student checkpoint not found"),
+        (["eval", "no/such/student.pt"], "student checkpoint no/such/student.pt not found"),
         (["eval", "no/such/student.pt", "--set", "train.steps=3"], "only eval.KEY=VALUE"),
         (["eval", "no/such/student.pt", "--set", "eval.extractor=clip"], "eval.extractor must be one of"),
-        (["export", "no/such/student.pt", "--out", "x.onnx"], "student checkpoint not found"),
+        (["export", "no/such/student.pt", "--out", "x.onnx"], "student checkpoint no/such/student.pt not found"),
         (["query", "DELETE FROM trials"], "SELECT"),
         (["results", "nope"], "nope"),
     ],

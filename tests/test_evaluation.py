@@ -38,10 +38,10 @@ class _Boom:
     "content, message",
     [
         (None, "not found"),
-        (b"not a checkpoint", "cannot read"),
+        (b"not a checkpoint", "corrupt"),
         ({"step": 3, "ema": {}, "optimizer": {}}, "trainer checkpoint"),
         ({"format": "dse-student-v1", "arch": {"depth": 1}}, "damaged"),
-        (_Boom(), "cannot read"),
+        (_Boom(), "corrupt"),
     ],
 )
 def test_anything_but_a_student_file_is_one_clear_error(tmp_path, capsys, content, message):

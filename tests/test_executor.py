@@ -1,20 +1,30 @@
-"""Ray Tune on a local 2-CPU Ray: every spec runs once and lands in the store, failures included."""
+"""Ray Tune on a local 2-CPU Ray: every spec runs once and lands in the store, failures included;
+the optuna driver runs distinct candidates only; successive halving stores dominated trials as stopped."""
+
+import dataclasses
 
 import pytest
 
-from dse.config import StudentArch
+from dse.config import Geometry, StudentArch, TrainConfig
+from dse.errors import DseError
 from dse.store import ResultsStore
 
 from .test_trial import tiny_spec
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_ray():
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def fast_spec(pairs, arch=None, **train):
+    """A tiny trial that defers its latency (the study measures it later), so it is mostly training."""
+    spec = tiny_spec(pairs, arch=arch or StudentArch(1, 16, 2), defer_latency=True)
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **train))
 
 
 def test_trials_run_under_ray_and_failures_are_stored(local_ray, tiny_pairs, tmp_path):
@@ -31,3 +41,99 @@ def test_trials_run_under_ray_and_failures_are_stored(local_ray, tiny_pairs, tmp
     assert df.loc[bad.trial_id, "status"] == "failed" and "manifest.json" in df.loc[bad.trial_id, "error"]
     assert (bad.trial_id, "failed") in events and (good[0].trial_id, "complete") in events
     assert df.loc[good[0].trial_id, "latency_threads"] == 1  # a trial uses the CPUs Ray gave it
+
+
+def test_optuna_runs_distinct_sampled_candidates_and_resumes_from_the_store(local_ray, tiny_pairs, tmp_path):
+    from dse.executor import run_trials
+
+    specs = [fast_spec(tiny_pairs, StudentArch(d, 16, h)) for d in (1, 2) for h in (2, 4)]
+    store = ResultsStore(tmp_path / "trials")
+    started = []
+    kwargs = dict(storage_dir=tmp_path / "ray", cpus_per_trial=2, search="optuna", seed=3,
+                  on_event=lambda tid, kind, data: started.append(tid) if kind == "start" else None)
+    run_trials(specs, store.root, num_samples=3, **kwargs)
+    df = store.read()
+    assert len(df) == 3 and df["trial_id"].nunique() == 3 and set(df["status"]) == {"complete"}
+    assert sorted(started) == sorted(df["trial_id"])  # each sampled candidate ran once
+    assert set(df["trial_id"]) <= {s.trial_id for s in specs}
+
+    started.clear()  # as a study resumes: the fourth to run, the three done as context for the sampler
+    todo = [s for s in specs if s.trial_id not in set(df["trial_id"])]
+    run_trials(todo, store.root, num_samples=0, context=specs, **kwargs)
+    assert len(started) == 1 and started[0] not in set(df["trial_id"])
+    assert set(store.read()["trial_id"]) == {s.trial_id for s in specs}
+
+
+def test_halving_stores_a_dominated_trial_as_stopped_and_lets_the_others_complete(local_ray, tiny_pairs, tmp_path):
+    from dse.executor import run_trials
+
+    # 150 steps: progress every 50 steps, rungs (3 rungs, eta 3) at steps 17 and 50.
+    good = fast_spec(tiny_pairs, StudentArch(1, 16, 2), steps=150)
+    small = fast_spec(tiny_pairs, StudentArch(1, 8, 2), steps=150)  # fewer parameters: never dominated by good
+    frozen = fast_spec(tiny_pairs, StudentArch(1, 16, 2), steps=150, lr=1e-9)  # same size as good, no learning
+    events = []
+    # 2 CPUs per trial: one at a time, in this order, so `frozen` meets `good` at the first rung; `small`
+    # then runs in the worker that ran the stopped trial
+    run_trials([good, frozen, small], tmp_path / "trials", storage_dir=tmp_path / "ray", cpus_per_trial=2,
+               halving=True, halving_rungs=3, halving_eta=3,
+               on_event=lambda tid, kind, data: events.append((tid, kind, data)))
+    df = ResultsStore(tmp_path / "trials").read().set_index("trial_id")
+    assert df.loc[good.trial_id, "status"] == "complete" and df.loc[small.trial_id, "status"] == "complete"
+    row = df.loc[frozen.trial_id]
+    assert row["status"] == "stopped", row["error"]
+    assert row["error"].startswith("stopped at step 50 by successive halving (rank 1 at rung 1")
+    assert row["steps"] == 50 and row["final_loss"] > df.loc[good.trial_id, "final_loss"]
+    assert row["params"] == df.loc[good.trial_id, "params"] and row["lr"] == 1e-9
+    assert [kind for tid, kind, _ in events if tid == frozen.trial_id][-1] == "stopped"
+    trains = [d for tid, kind, d in events if kind == "train"]
+    assert trains and all({"step", "loss"} <= set(d) for d in trains)
+
+
+def test_each_candidate_gets_the_gpu_share_its_memory_needs():
+    from dse.executor import _resources_of, plan_resources
+
+    g = Geometry(32, 3, 10, 2)
+    small = fast_spec("/p", StudentArch(6, 96, 3), batch_size=256)
+    small = dataclasses.replace(small, geometry=g)
+    big = dataclasses.replace(small, arch=StudentArch(28, 1152, 16), train=TrainConfig(batch_size=256))
+    res = plan_resources([small, big], cpus_per_trial=0, gpus_per_trial=-1, node_cpus=16, node_gpus=1,
+                         gpu_bytes=80 * 10**9)
+    assert res == {small.trial_id: (2.0, 0.125), big.trial_id: (16.0, 1.0)}
+    assert _resources_of(res, {"trial_id": small.trial_id}).bundles == [{"CPU": 2.0, "GPU": 0.125}]
+    cpu_only = plan_resources([small, big], cpus_per_trial=0, gpus_per_trial=-1, node_cpus=2, node_gpus=0)
+    assert set(cpu_only.values()) == {(2.0, 0.0)}
+    assert _resources_of(cpu_only, {"trial_id": big.trial_id}).bundles == [{"CPU": 2.0}]
+    with pytest.raises(DseError, match="whole number"):
+        plan_resources([small], cpus_per_trial=0, gpus_per_trial=1.5, node_cpus=16, node_gpus=2)
+    with pytest.raises(DseError, match="no GPU"):
+        plan_resources([small], cpus_per_trial=0, gpus_per_trial=0.25, node_cpus=2, node_gpus=0)
+
+
+def test_the_optuna_searcher_never_suggests_a_candidate_twice_and_is_seeded():
+    from ray.tune.search import Searcher
+
+    from dse.executor import make_optuna_search
+
+    keys = {f"c{i}": ("get-l2", w, d, h) for i, (w, d, h) in enumerate(
+        [(64, 10, 4), (64, 10, 8), (64, 11, 4), (96, 5, 4), (96, 5, 8), (128, 3, 4), (128, 3, 8)])}
+    known = {"c0": ("complete", [10.0, 100.0]), "c1": ("pruned", None)}  # c0 done, c1 stopped by halving
+
+    def drive(seed):
+        searcher = make_optuna_search(keys, known, seed, unavailable={"c6"})  # c6 runs elsewhere
+        order = []
+        for n in range(5):
+            got = searcher.suggest(f"tune-{n}")
+            order.append(got if got == Searcher.FINISHED else got["trial_id"])
+            if got != Searcher.FINISHED and n % 2:  # some end before the next suggestion, some still run
+                searcher.on_trial_complete(f"tune-{n}", {"phase": "done", "status": "complete", "fid": 5.0 + n,
+                                                         "params": 100.0})
+        return order, searcher
+
+    order, searcher = drive(seed=7)
+    assert sorted(order[:4]) == ["c2", "c3", "c4", "c5"]  # only the untried, once each
+    assert order[4] == Searcher.FINISHED  # every candidate known, tried or run elsewhere
+    assert drive(seed=7)[0] == order  # the same seed, the same choices
+    first = searcher._ot_study.trials[:2]  # the known results, told first, on their paths
+    assert [(t.state.name, t.params) for t in first] == [
+        ("COMPLETE", {"width": 64, "depth|width=64": 10, "heads|depth=10": 4}),
+        ("PRUNED", {"width": 64, "depth|width=64": 10, "heads|depth=10": 8})]  # heads: 4 only at depth 11

@@ -184,16 +184,10 @@ def checkpoint_path(path: str | Path) -> Path:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A teacher checkpoint (weights_only load, on CPU); a missing or corrupt file is a DseError."""
-    file = checkpoint_path(path)
-    if not file.is_file():
-        raise DseError(f"teacher checkpoint {file} not found; train one with `dse teacher train`")
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise DseError(f"teacher checkpoint {file} is corrupt or not a checkpoint ({e}); delete it and retrain") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise DseError(f"{file} is not a dse teacher checkpoint ({CHECKPOINT_FORMAT})")
-    return ckpt
+    from dse.fileio import load_format_file
+
+    return load_format_file(checkpoint_path(path), CHECKPOINT_FORMAT, "dse teacher checkpoint",
+                            "train one with `dse teacher train`")
 
 
 def _checkpoint_config(ckpt: dict[str, Any], file: Path) -> TeacherTrainConfig:

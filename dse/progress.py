@@ -1,0 +1,500 @@
+"""Owns what a user sees while a study runs: a live table of trials and the closing summary.
+
+Three parts, each usable on its own:
+
+- `TrialBoard`: pure state. Feed it the executor's events, `on_event(trial_id, kind, data)`, and it
+  keeps per trial its state, step, loss, metrics and ETA, and for the study the counts per state
+  and an overall ETA. No terminal needed; a fake clock makes it deterministic in tests.
+- `live_table(board, enabled=...)`: a context manager yielding the `on_event` callable to give to
+  `run_study`. On a terminal it shows a `rich` live table refreshed a few times a second; otherwise
+  (logs, CI, `enabled=False`) it prints one plain line per significant event, with train lines
+  throttled to about one per 10% of a trial's steps.
+- `summary_lines(...)`: the lines printed at the end (counts, the Pareto points, where the results
+  and the report are), from plain inputs.
+
+Events (from `dse.executor.Events` and `dse.study.measure_latency_pass`):
+"start" {}, "train" {step, loss}, "complete" {status, params, fid, latency_s, ...},
+"failed" {error}, "stopped" {error}, "latency" {latency_s, latency_num_images, latency_onnx_cpu_s, ...}.
+
+ETAs count training steps only. A running trial's rate is the steps it made between its first and
+its last train event over the time between them (from its start event while it has only one); its
+ETA is its remaining steps over that rate, counted down from its last event. The study's ETA is the
+remaining steps of every unfinished trial (pending ones in full) over the aggregate step rate of the
+last minute (the steps all trials made in it, over the minute, or over the time since the first
+trial started when that is shorter); time spent on FID and latency is not modelled, but it lowers
+that rate while it runs, so the estimate leans long rather than short. With no steps in the last
+minute it falls back to the sum of the running trials' own rates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OnEvent = Callable[[str, str, dict], None]
+
+PENDING, RUNNING, TRAINED, COMPLETE, FAILED, STOPPED, STORED = (
+    "pending", "running", "trained", "complete", "failed", "stopped", "stored")
+STATES = (RUNNING, PENDING, TRAINED, COMPLETE, FAILED, STOPPED, STORED)  # the order of the counts
+FINISHED = frozenset({TRAINED, COMPLETE, FAILED, STOPPED, STORED})
+RATE_WINDOW_S = 60.0  # the study ETA's rate is measured over the last minute
+
+
+def format_duration(seconds: float | None) -> str:
+    """42s, 1m20s, 2h05m; "-" when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _num(value: Any, fmt: str = ".3f") -> str:
+    """A metric as text: `fmt`, or "-" when it was not measured (None, NaN, not a number)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if math.isnan(v) else format(v, fmt)
+
+
+def _first_line(text: Any) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+@dataclass
+class TrialState:
+    """What the board knows about one trial."""
+
+    trial_id: str
+    order: int  # position in the plan
+    total_steps: int | None = None
+    state: str = PENDING
+    step: int = 0
+    loss: float | None = None
+    params: int | None = None
+    fid: float | None = None
+    latency_s: float | None = None
+    error: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    rate_ref: tuple[float, int] | None = None  # (time, step) the step rate is measured from
+    last_train: tuple[float, int] | None = None  # (time, step) of the latest train event
+    start_seq: int = 0  # the how-many-th start this was, for ordering
+    train_events: int = 0  # since its start
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    def rate(self) -> float | None:
+        """Steps per second since the first train event (or the start, with one train event only)."""
+        if self.rate_ref is None or self.last_train is None:
+            return None
+        (t0, s0), (t1, s1) = self.rate_ref, self.last_train
+        return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
+
+    def remaining_steps(self) -> int | None:
+        if self.finished:
+            return 0
+        return None if self.total_steps is None else max(0, self.total_steps - self.step)
+
+    def eta(self, now: float) -> float | None:
+        """Seconds until its training ends, counted down from its last train event; None if unknown."""
+        if self.state != RUNNING:
+            return None
+        rate, remaining = self.rate(), self.remaining_steps()
+        if rate is None or remaining is None or self.last_train is None:
+            return None
+        return max(0.0, remaining / rate - (now - self.last_train[0]))
+
+    def activity(self) -> str:
+        """The state as shown: a running trial is starting, training or evaluating (steps all done)."""
+        if self.state != RUNNING:
+            return self.state
+        if self.last_train is None:
+            return "starting"
+        return "evaluating" if self.total_steps and self.step >= self.total_steps else "training"
+
+
+@dataclass
+class TrialBoard:
+    """Per-trial state of a study, updated from executor events; thread-safe, terminal-free.
+
+    `total_steps` is one number for every trial or a dict per trial id (missing or 0: unknown, shown
+    without a total and without an ETA). `stored` names trials already complete in the store: those
+    of `trial_ids` are shown as "stored" and not waited for; the others are ignored.
+    """
+
+    trial_ids: Sequence[str]
+    total_steps: dict[str, int] | int | None = None
+    clock: Callable[[], float] = time.monotonic
+    stored: Sequence[str] = ()
+    trials: dict[str, TrialState] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.RLock()
+        self._starts = 0
+        self._first_start: float | None = None
+        self._created = self.clock()
+        self._increments: deque[tuple[float, int]] = deque()  # (time, steps made) of every train event
+        self.trials = {}
+        for tid in self.trial_ids:
+            self._add(tid)
+        for tid in self.stored:
+            if tid in self.trials:  # the store may hold trials of other plans
+                self.trials[tid].state = STORED
+
+    # -- updates -------------------------------------------------------------------------------
+    def _steps_of(self, trial_id: str) -> int | None:
+        total = self.total_steps.get(trial_id) if isinstance(self.total_steps, dict) else self.total_steps
+        return int(total) if total else None
+
+    def _add(self, trial_id: str) -> TrialState:
+        if trial_id not in self.trials:
+            self.trials[trial_id] = TrialState(trial_id, len(self.trials), self._steps_of(trial_id))
+        return self.trials[trial_id]
+
+    def on_event(self, trial_id: str, kind: str, data: dict | None = None) -> None:
+        """Take one executor event; unknown kinds are ignored, unknown trials are added."""
+        data = data or {}
+        now = self.clock()
+        with self._lock:
+            t = self._add(trial_id)
+            if kind == "start":
+                self._starts += 1
+                if self._first_start is None:
+                    self._first_start = now
+                t.state, t.step, t.loss, t.error = RUNNING, 0, None, ""
+                t.started_at, t.finished_at, t.rate_ref, t.last_train = now, None, None, None
+                t.start_seq, t.train_events = self._starts, 0
+            elif kind == "train":
+                self._train(t, now, int(data.get("step", t.step)), data.get("loss"))
+            elif kind == "complete":
+                self._finish(t, now, COMPLETE if _num(data.get("latency_s")) != "-" else TRAINED)
+                t.params = data.get("params", t.params)
+                t.fid = data.get("fid", t.fid)
+                t.latency_s = data.get("latency_s", t.latency_s)
+                if t.total_steps and t.step < t.total_steps and t.last_train is not None:
+                    t.step = t.total_steps  # trained to the end; the last train event may be a few steps short
+            elif kind == "latency":
+                t.latency_s = data.get("latency_s", t.latency_s)
+                t.params = data.get("params", t.params)
+                t.fid = data.get("fid", t.fid)
+                self._finish(t, now, COMPLETE)
+            elif kind in (FAILED, STOPPED):
+                t.error = _first_line(data.get("error")) or ("failed" if kind == FAILED else "stopped")
+                self._finish(t, now, kind)
+
+    def _train(self, t: TrialState, now: float, step: int, loss: Any) -> None:
+        if t.state == PENDING:  # a train event without a start (e.g. a missed callback)
+            t.state, t.started_at = RUNNING, now
+        made = max(0, step - t.step)
+        if made:
+            self._increments.append((now, made))
+        t.train_events += 1
+        if t.train_events == 1:  # one train event: the rate is measured from the start
+            t.rate_ref = (t.started_at, 0) if t.started_at is not None and t.started_at < now else None
+        elif t.train_events == 2:  # from then on: from the first train event
+            t.rate_ref = t.last_train
+        t.last_train = (now, step)
+        t.step = step
+        if t.total_steps is not None and step > t.total_steps:
+            t.total_steps = step
+        try:
+            t.loss = float(loss) if loss is not None else t.loss
+        except (TypeError, ValueError):
+            pass
+
+    @staticmethod
+    def _finish(t: TrialState, now: float, state: str) -> None:
+        t.state = state
+        t.finished_at = now
+
+    # -- queries -------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Trials per state, every state present (0 when none)."""
+        with self._lock:
+            out = dict.fromkeys(STATES, 0)
+            for t in self.trials.values():
+                out[t.state] += 1
+            return out
+
+    def aggregate_rate(self, now: float | None = None) -> float | None:
+        """Steps per second over all trials in the last minute (see the module docstring)."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            cutoff = now - RATE_WINDOW_S
+            while self._increments and self._increments[0][0] <= cutoff:
+                self._increments.popleft()
+            steps = sum(n for _, n in self._increments)
+            since = max(cutoff, self._first_start if self._first_start is not None else now)
+            if steps and now > since:
+                return steps / (now - since)
+            rates = [r for t in self.trials.values() if t.state == RUNNING and (r := t.rate())]
+            return sum(rates) if rates else None
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds until every unfinished trial has trained; 0 when all are finished, None if unknown."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            remaining = [t.remaining_steps() for t in self.trials.values()]
+            if any(r is None for r in remaining):
+                return None
+            left = sum(remaining)
+            if left == 0:
+                return 0.0
+            rate = self.aggregate_rate(now)
+            return left / rate if rate else None
+
+    def elapsed(self) -> float:
+        """Seconds since the board was made."""
+        return self.clock() - self._created
+
+    def ordered(self) -> list[TrialState]:
+        """Running (in start order), then pending (plan order), then finished (latest first)."""
+        with self._lock:
+            ts = list(self.trials.values())
+        running = sorted((t for t in ts if t.state == RUNNING), key=lambda t: t.start_seq)
+        pending = sorted((t for t in ts if t.state == PENDING), key=lambda t: t.order)
+        done = sorted((t for t in ts if t.finished),
+                      key=lambda t: (-(t.finished_at if t.finished_at is not None else -math.inf), t.order))
+        return running + pending + done
+
+    def row(self, t: TrialState, now: float | None = None) -> dict[str, str]:
+        """What the table shows of one trial, as text."""
+        now = self.clock() if now is None else now
+        step = f"{t.step}/{t.total_steps}" if t.total_steps else (str(t.step) if t.step else "-")
+        if t.state in (PENDING, STORED):
+            step = "-" if t.state == STORED or not t.total_steps else f"0/{t.total_steps}"
+        return {
+            "trial": t.trial_id, "state": t.activity(), "step": step,
+            "loss": _num(t.loss, ".4f"), "fid": _num(t.fid, ".3f"),
+            "latency": _num(t.latency_s, ".4g") + (" s" if _num(t.latency_s) != "-" else ""),
+            "eta": format_duration(t.eta(now)) if t.state == RUNNING else "-",
+            "error": t.error,
+        }
+
+    def rows(self) -> list[dict[str, str]]:
+        """Every trial's row, in `ordered()` order."""
+        now = self.clock()
+        with self._lock:
+            return [self.row(t, now) for t in self.ordered()]
+
+    def headline(self) -> str:
+        """One line: counts per non-empty state, elapsed time and the study's ETA."""
+        counts = self.counts()
+        parts = [f"{n} {s}" for s, n in counts.items() if n]
+        eta = self.eta()
+        text = ", ".join(parts) or "no trials"
+        text += f"; elapsed {format_duration(self.elapsed())}"
+        if counts[RUNNING] or counts[PENDING]:
+            text += f"; ETA {format_duration(eta)}"
+        return text
+
+    def visible(self, max_rows: int = 20) -> tuple[list[dict[str, str]], int]:
+        """The rows a screenful shows and how many are left out: every running trial first, then a
+        few pending ones, then the latest finished, then more pending ones; shown in `ordered()` order."""
+        now = self.clock()
+        with self._lock:
+            ts = self.ordered()
+            running = [t for t in ts if t.state == RUNNING]
+            pending = [t for t in ts if t.state == PENDING]
+            done = [t for t in ts if t.finished]
+            room = max_rows
+            shown_running = running[:room]
+            room -= len(shown_running)
+            few_pending = min(3, len(pending), room)
+            room -= few_pending
+            shown_done = done[:room]
+            room -= len(shown_done)
+            shown_pending = pending[:few_pending + room]
+            chosen = shown_running + shown_pending + shown_done
+            return [self.row(t, now) for t in chosen], len(ts) - len(chosen)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+COLUMNS = (("trial", "left"), ("state", "left"), ("step", "right"), ("loss", "right"),
+           ("fid", "right"), ("latency", "right"), ("eta", "right"))
+_STYLE = {"training": "cyan", "starting": "cyan", "evaluating": "cyan", "complete": "green", "trained": "green",
+          "failed": "red", "stopped": "yellow", "stored": "dim", "pending": "dim"}
+
+
+def render_table(board: TrialBoard, max_rows: int = 20):
+    """The board as a `rich.table.Table` of at most `max_rows` trials plus a "+N more" line."""
+    from rich.table import Table
+    from rich.text import Text
+
+    rows, hidden = board.visible(max_rows)
+    table = Table(title=board.headline(), title_justify="left", expand=False)
+    for name, justify in COLUMNS:
+        table.add_column("ETA" if name == "eta" else name, justify=justify, no_wrap=True,
+                         overflow="ellipsis", max_width=48 if name == "trial" else None)
+    for r in rows:
+        state = Text(r["state"], style=_STYLE.get(r["state"], ""))
+        if r["error"]:
+            state.append(f" {r['error'][:40]}", style="dim")
+        table.add_row(r["trial"], state, r["step"], r["loss"], r["fid"], r["latency"], r["eta"])
+    if hidden:
+        table.add_row(Text(f"+{hidden} more", style="dim"), "", "", "", "", "", "")
+    return table
+
+
+class LinePrinter:
+    """The plain fallback: one line per start, finish, failure, stop and latency, and train lines
+    throttled per trial to one per 10% of its steps (plus the last step), or one per `heartbeat_s`
+    at most while a trial's total is unknown or its next 10% is far off."""
+
+    def __init__(self, board: TrialBoard, echo: Callable[[str], None] = print, heartbeat_s: float = 60.0):
+        self.board, self.echo, self.heartbeat_s = board, echo, heartbeat_s
+        self._last: dict[str, tuple[float, int]] = {}  # trial -> (time, decile) of its last train line
+
+    def __call__(self, trial_id: str, kind: str, data: dict | None = None) -> None:
+        data = data or {}
+        b = self.board
+        b.on_event(trial_id, kind, data)
+        t = b.trials[trial_id]
+        n = len(b.trials)
+        if kind == "start":
+            self._last.pop(trial_id, None)
+            self.echo(f"[{t.start_seq}/{n}] {trial_id} started")
+        elif kind == "train":
+            line = self._train_line(t)
+            if line:
+                self.echo(line)
+        elif kind == "complete":
+            self.echo(f"    {trial_id} trained: {_count(t.params)} params, fid {_num(t.fid)}"
+                      + (f", latency {_num(t.latency_s, '.4g')} s" if t.state == COMPLETE else "")
+                      + f"  [{_done(b)}/{n} done]")
+        elif kind == "latency":
+            onnx = data.get("latency_onnx_cpu_s")
+            self.echo(f"    {trial_id} latency {_num(t.latency_s, '.4g')} s for {data.get('latency_num_images', '?')} images"
+                      + (f", onnxruntime {_num(onnx, '.4g')} s" if _num(onnx) != "-" else ""))
+        elif kind == FAILED:
+            self.echo(f"    {trial_id} FAILED: {t.error}  [{_done(b)}/{n} done]")
+        elif kind == STOPPED:
+            self.echo(f"    {trial_id} stopped: {t.error}  [{_done(b)}/{n} done]")
+
+    def _train_line(self, t: TrialState) -> str | None:
+        now = self.board.clock()
+        last = self._last.get(t.trial_id)  # (time, decile) of the trial's last train line
+        if t.total_steps:
+            decile = min(10, 10 * t.step // t.total_steps)
+            due = decile > (last[1] if last else 0)
+        else:
+            decile, due = 0, last is None
+        since = last[0] if last else t.started_at
+        if not due and since is not None and now - since >= self.heartbeat_s:
+            due = True
+        if not due:
+            return None
+        self._last[t.trial_id] = (now, max(decile, last[1] if last else 0))
+        step = f"{t.step}/{t.total_steps}" if t.total_steps else str(t.step)
+        eta = t.eta(now)
+        return (f"    {t.trial_id} step {step} loss {_num(t.loss, '.4f')}"
+                + (f", ETA {format_duration(eta)}" if eta is not None else ""))
+
+
+def _count(value: Any) -> str:
+    try:
+        return f"{int(value):,}"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def _done(board: TrialBoard) -> int:
+    counts = board.counts()
+    return sum(counts[s] for s in FINISHED)
+
+
+@contextlib.contextmanager
+def live_table(board: TrialBoard, *, enabled: bool = True, console=None, echo: Callable[[str], None] | None = None,
+               max_rows: int = 20, refresh_per_second: float = 4.0) -> Iterator[OnEvent]:
+    """Show the board while the block runs; yields the `on_event` to hand to `run_study`.
+
+    Live (a `rich` table, redrawn `refresh_per_second` times a second, kept on screen at the end)
+    when `enabled` and the output is a terminal (`console.is_terminal` if a console is given, else
+    `sys.stdout.isatty()`); failures and stops are also printed above it, so they stay in the
+    scrollback. Otherwise every event goes through a `LinePrinter` writing with `echo` (default:
+    print to stdout).
+    """
+    is_terminal = console.is_terminal if console is not None else sys.stdout.isatty()
+    if not (enabled and is_terminal):
+        yield LinePrinter(board, echo or (lambda line: print(line, flush=True)))
+        return
+    from rich.console import Console
+    from rich.live import Live
+
+    console = console or Console()
+
+    def on_event(trial_id: str, kind: str, data: dict | None = None) -> None:
+        board.on_event(trial_id, kind, data)
+        if kind in (FAILED, STOPPED):
+            style = "red" if kind == FAILED else "yellow"
+            live.console.print(f"{trial_id} {kind}: {board.trials[trial_id].error}", style=style,
+                               markup=False, highlight=False)
+
+    with Live(console=console, get_renderable=lambda: render_table(board, max_rows),
+              refresh_per_second=refresh_per_second, transient=False) as live:
+        yield on_event
+
+
+# -- the end -----------------------------------------------------------------------------------
+def summary_lines(
+    *, num_complete: int, num_failed: int, num_stopped: int = 0, skipped: int = 0, elsewhere: int = 0,
+    front: Sequence[dict] = (), results: str | Path | None = None, report: str | Path | None = None,
+    elapsed_s: float | None = None,
+) -> list[str]:
+    """The closing lines: counts, the Pareto points as an aligned table (trial, params, fid,
+    latency; rows as `StudyOutcome.front` has them), where the results and the report are."""
+    counts = [f"{num_complete} complete", f"{num_failed} failed"]
+    if num_stopped:
+        counts.append(f"{num_stopped} stopped")
+    if skipped:
+        counts.append(f"{skipped} already in the store")
+    if elsewhere:
+        counts.append(f"{elsewhere} running elsewhere (skipped)")
+    lines = [", ".join(counts) + (f" in {format_duration(elapsed_s)}" if elapsed_s is not None else "")]
+    if front:
+        lines.append(f"Pareto front ({len(front)} point{'s' if len(front) != 1 else ''}; params, fid, latency all minimised):")
+        table = [("trial", "params", "fid", "latency")] + [
+            (str(r.get("trial_id", "?")), _count(r.get("params")), _num(r.get("fid")),
+             _num(r.get("latency_s"), ".4g") + (" s" if _num(r.get("latency_s")) != "-" else ""))
+            for r in front
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        for row in table:
+            lines.append("  " + "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+    else:
+        lines.append("Pareto front: empty (no trial has all of params, fid and latency)")
+    if results is not None:
+        lines.append(f"results: {results}")
+    if report is not None:
+        lines.append(f"report:  {report}")
+    return lines
+
+
+def outcome_summary(outcome: Any, elapsed_s: float | None = None) -> list[str]:
+    """`summary_lines` of a `dse.study.StudyOutcome` (read by attribute, so this module imports no study code)."""
+    plan = getattr(outcome, "plan", None)
+    store = getattr(plan, "store", None)
+    return summary_lines(
+        num_complete=outcome.num_complete, num_failed=outcome.num_failed,
+        num_stopped=getattr(outcome, "num_stopped", 0), skipped=getattr(outcome, "skipped", 0),
+        elsewhere=getattr(outcome, "elsewhere", 0),
+        front=outcome.front, results=f"{store.root}/*.parquet" if store is not None else None,
+        report=getattr(outcome, "report_path", None), elapsed_s=elapsed_s,
+    )
