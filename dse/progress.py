@@ -332,6 +332,9 @@ _STYLE = {"training": "cyan", "starting": "cyan", "evaluating": "cyan", "complet
           "failed": "red", "stopped": "yellow", "stored": "dim", "pending": "dim"}
 
 
+_MIN_WIDTHS = {"state": 8, "step": 7, "loss": 6, "fid": 6, "latency": 8, "eta": 5}
+
+
 def render_table(board: TrialBoard, max_rows: int = 20):
     """The board as a `rich.table.Table` of at most `max_rows` trials plus a "+N more" line."""
     from rich.table import Table
@@ -339,9 +342,11 @@ def render_table(board: TrialBoard, max_rows: int = 20):
 
     rows, hidden = board.visible(max_rows)
     table = Table(title=board.headline(), title_justify="left", expand=False)
-    for name, justify in COLUMNS:
-        table.add_column("ETA" if name == "eta" else name, justify=justify, no_wrap=True,
-                         overflow="ellipsis", max_width=48 if name == "trial" else None)
+    for name, justify in COLUMNS:  # on a narrow terminal only the trial id is shortened
+        trial = name == "trial"  # folds onto a second line when the terminal is narrow
+        table.add_column("ETA" if name == "eta" else name, justify=justify, no_wrap=not trial,
+                         overflow="fold" if trial else "ellipsis", max_width=48 if trial else None,
+                         min_width=_MIN_WIDTHS.get(name, 12))
     for r in rows:
         state = Text(r["state"], style=_STYLE.get(r["state"], ""))
         if r["error"]:

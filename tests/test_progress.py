@@ -258,3 +258,25 @@ def test_outcome_summary_reads_a_study_outcome_like_object():
 def test_imports_no_torch_or_ray():
     code = "import sys, dse.progress; sys.exit(any(m in sys.modules for m in ('torch', 'ray')))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_on_a_narrow_terminal_only_the_trial_id_gives_way():
+    import io
+
+    from rich.console import Console
+
+    from dse.progress import TrialBoard, render_table
+
+    ids = ["d10-w32-h4-get-l2-d0832a04", "d2-w64-h8-get-l2-9f1e2e2a"]
+    board = TrialBoard(ids, 600, clock=lambda: 0.0)
+    board.on_event(ids[0], "start", {})
+    board.on_event(ids[0], "train", {"step": 300, "loss": 0.1354})
+    board.on_event(ids[1], "start", {})
+    board.on_event(ids[1], "complete", {"status": "complete", "fid": 35.815, "params": 3})
+    board.on_event(ids[1], "latency", {"latency_s": 0.2653})
+    out = io.StringIO()
+    Console(file=out, width=80).print(render_table(board))
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for cell in ("ETA", "latency", "training", "complete", "300/600", "35.815", "0.2653 s"):
+        assert cell in text, cell  # whole, not cut to "comple…"
