@@ -30,13 +30,23 @@ def fast_spec(pairs, arch=None, **train):
 def test_trials_run_under_ray_and_failures_are_stored(local_ray, tiny_pairs, tmp_path):
     from dse.executor import run_trials
 
+    import numpy as np
+
+    from dse.data.pairs import PairWriter
+
     good = [tiny_spec(tiny_pairs, arch=StudentArch(1, 16, h)) for h in (2, 4)]
     bad = tiny_spec(tmp_path / "missing-pairs")
+    meta = {"teacher": {"kind": "t"}, "sampler": {}, "dataset": "digits", "seed": 0, "image_dtype": "float32"}
+    x = np.zeros((64, 1, 8, 8), np.float32)
+    x[3] = np.nan  # a teacher image with NaN: the loss is NaN at the first step
+    PairWriter(tmp_path / "nan-pairs", meta).append(np.zeros((64, 1, 8, 8)), np.arange(64) % 10, x)
+    nan = tiny_spec(tmp_path / "nan-pairs")
     events = []
-    run_trials(good + [bad], tmp_path / "trials", storage_dir=tmp_path / "ray", cpus_per_trial=1,
+    run_trials(good + [bad, nan], tmp_path / "trials", storage_dir=tmp_path / "ray", cpus_per_trial=1,
                on_event=lambda tid, kind, data: events.append((tid, kind)))
     df = ResultsStore(tmp_path / "trials").read().set_index("trial_id")
-    assert sorted(df.index) == sorted(s.trial_id for s in good + [bad])
+    assert sorted(df.index) == sorted(s.trial_id for s in good + [bad, nan])
+    assert df.loc[nan.trial_id, "status"] == "failed" and "loss became nan at step 1" in df.loc[nan.trial_id, "error"]
     assert set(df.loc[[s.trial_id for s in good], "status"]) == {"complete"}
     assert df.loc[bad.trial_id, "status"] == "failed" and "manifest.json" in df.loc[bad.trial_id, "error"]
     assert (bad.trial_id, "failed") in events and (good[0].trial_id, "complete") in events
