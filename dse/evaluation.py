@@ -107,11 +107,10 @@ def measure_speed(model, cfg: EvalConfig, *, device="cpu", onnx_path: str | Path
     if cfg.onnx and onnx_path is not None:
         from dse.metrics.export import measure_onnx
 
-        row.update(measure_onnx(
-            model.cpu(), onnx_path, guidance=cfg.guidance, batch_size=cfg.latency_batch,
+        row.update(measure_onnx(  # exports a CPU copy; `model` stays where it is
+            model, onnx_path, guidance=cfg.guidance, batch_size=cfg.latency_batch,
             num_images=cfg.onnx_num_images or cfg.latency_num_images, repeats=cfg.latency_repeats,
         ))
-        row["onnx_path"] = str(onnx_path)
     row["latency_seconds"] = time.perf_counter() - start
     return row
 
@@ -126,8 +125,7 @@ def evaluate_checkpoint(
     """
     import torch
 
-    from dse.sizing import count_params
-    from dse.trial import resolve_device
+    from dse.trial import arch_columns, resolve_device
 
     model, meta = load_student(path)
     dataset = dataset or meta["dataset"]
@@ -136,13 +134,10 @@ def evaluate_checkpoint(
     out = Path(out_dir) if out_dir else Path(path).parent
     dev = resolve_device(device)
     model = model.to(dev)
-    a, g = model.arch, model.geometry
     row: dict[str, Any] = {
         "trial_id": meta["trial_id"] or Path(path).stem, "status": "complete", "error": None,
-        "dataset": dataset, "checkpoint": str(Path(path).resolve()),
-        "image_size": g.image_size, "channels": g.channels, "num_classes": g.num_classes, "patch_size": g.patch_size,
-        "depth": a.depth, "width": a.width, "heads": a.heads, "mlp_ratio": a.mlp_ratio,
-        "params": count_params(a, g), "device": str(dev), "torch_version": torch.__version__,
+        "dataset": dataset, "checkpoint": str(Path(path).resolve()), **arch_columns(model.arch, model.geometry),
+        "device": str(dev), "torch_version": torch.__version__,
     }
     row["samples_png"] = write_samples(model, out / SAMPLES_FILE, cfg, dev)
     row.update(measure_quality(model, dataset, cfg, data_root=data_root or meta["data_root"], device=dev))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import math
 import os
 import random
 import sys
@@ -44,7 +43,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 from dse import search as dse_search  # noqa: E402
 from dse.errors import DseError  # noqa: E402
 from dse.sizing import count_params  # noqa: E402
-from dse.store import ResultsStore  # noqa: E402
+from dse.store import ResultsStore, is_null  # noqa: E402
 from dse.trial import TrialSpec, run_trial  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -369,18 +368,13 @@ def known_results(store: ResultsStore, ids: list[str], *, failed: Iterable[str] 
     for rec in df[df["trial_id"].isin(set(ids))].to_dict("records"):
         tid, status = rec["trial_id"], rec["status"]
         values = [rec.get(k) for k in SEARCH_OBJECTIVES]
-        if status == "complete" and all(_present(v) for v in values):
+        if status == "complete" and not any(map(is_null, values)):
             out[tid] = ("complete", [float(v) for v in values])
         elif status in ("complete", STOPPED):
             out[tid] = ("pruned", None)
         elif status == "failed" and tid in failed:
             out[tid] = ("fail", None)
     return out
-
-
-def _present(value) -> bool:
-    """Not None and not NaN."""
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 _optuna_class = None
@@ -471,7 +465,7 @@ def _define_optuna_class(OptunaSearch, ot):
                 return
             result = result or {}
             values = [result.get(k) for k in SEARCH_OBJECTIVES]
-            if result.get("phase") == "done" and result.get("status") == "complete" and all(map(_present, values)):
+            if result.get("phase") == "done" and result.get("status") == "complete" and not any(map(is_null, values)):
                 self._outcome[tid] = ("complete", [float(v) for v in values])
             elif result.get("phase") == "train" and not error:  # stopped by halving
                 self._outcome[tid] = ("pruned", None)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dse.errors import DseError
-from dse.store import COLUMN_NAMES, COLUMNS, ResultsStore
+from dse.store import COLUMN_NAMES, COLUMNS, ResultsStore, damaged_file_error, is_null
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,8 +139,7 @@ def _file_error(exc: Exception, files: list[Path], results_dir: str | Path) -> D
     message = str(exc).strip()
     found = _damaged_file(files, message)
     if found:
-        path, why = found
-        return DseError(f"damaged results file {path}: {why}; delete it to run that trial again")
+        return damaged_file_error(*found)
     return DseError(f"could not read the results in {results_dir}/: {_first_line(exc)}")
 
 
@@ -264,23 +263,11 @@ def study_results(study: str, results_dir: str | Path = "results", columns: list
 
 
 # ------------------------------------------------------------------------------------------ output
-def _missing(value: Any) -> bool:
-    """True for None, NaN, pd.NA and NaT; False for anything else (a list or an array included)."""
-    import pandas as pd
-
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value)) if pd.api.types.is_scalar(value) else False
-    except (TypeError, ValueError):
-        return False
-
-
 def _cell(value: Any) -> str:
     """A value for the text table: compact numbers, "-" when missing, long text cut."""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
         return _cut("[" + ", ".join(_cell(v) for v in value) + "]")
-    if _missing(value):
+    if is_null(value):
         return "-"
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return "true" if value else "false"
@@ -322,7 +309,7 @@ def _json_value(value: Any) -> Any:
         return {str(k): _json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
         return [_json_value(v) for v in value]
-    if _missing(value):
+    if is_null(value):
         return None
     if hasattr(value, "item") and hasattr(value, "dtype"):
         value = value.item()  # a numpy scalar

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from dse.errors import DseError
 from dse.pareto import DEFAULT_OBJECTIVES, pareto_ranks
+from dse.store import is_null
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -173,7 +174,7 @@ def _check_columns(df: pd.DataFrame, objectives: Sequence[str]) -> None:
 
 
 def _record(row: dict[str, Any], rank: Any, objectives: Sequence[str], arch: ProposedArch | None) -> TrialRecord:
-    rank = None if _missing(rank) else int(rank)
+    rank = None if is_null(rank) else int(rank)
     depth, width, heads = (int(row[k]) for k in ("depth", "width", "heads"))
     return TrialRecord(
         trial_id=str(row["trial_id"]),
@@ -182,7 +183,7 @@ def _record(row: dict[str, Any], rank: Any, objectives: Sequence[str], arch: Pro
         heads=heads,
         setup=_text(row.get("setup")) or "",
         loss=_text(row.get("loss")) or "",
-        params=None if _missing(row["params"]) else int(row["params"]),
+        params=None if is_null(row["params"]) else int(row["params"]),
         values={name: _number(row[name]) for name in objectives},
         status=str(row["status"]),
         error=_text(row.get("error")),
@@ -193,22 +194,12 @@ def _record(row: dict[str, Any], rank: Any, objectives: Sequence[str], arch: Pro
     )
 
 
-def _missing(value: Any) -> bool:
-    """True for None, NaN and pandas' NA."""
-    if value is None:
-        return True
-    try:
-        return bool(value != value)  # NaN and pd.NA are the values unequal to themselves
-    except TypeError:  # pd.NA != pd.NA is NA, whose truth value is ambiguous
-        return True
-
-
 def _number(value: Any) -> float | None:
-    return None if _missing(value) else float(value)
+    return None if is_null(value) else float(value)
 
 
 def _text(value: Any) -> str | None:
-    return None if _missing(value) else str(value)
+    return None if is_null(value) else str(value)
 
 
 def _integer_text(value: Any) -> str:

@@ -63,6 +63,23 @@ HOST = socket.gethostname()
 STATUSES = ("complete", "failed", "stopped")
 
 
+def is_null(value: Any) -> bool:
+    """True for an empty cell as pandas gives it back: None, NaN, pandas' NA or NaT."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN, NA and NaT are the values unequal to themselves
+    except TypeError:  # pd.NA != pd.NA is NA, whose truth value is ambiguous
+        return True
+    except ValueError:  # an array: a value, not an empty cell
+        return False
+
+
+def damaged_file_error(path: Path, why: object) -> DseError:
+    """The one message for a results file that cannot be read."""
+    return DseError(f"damaged results file {path}: {why}; delete it to run that trial again")
+
+
 def schema():
     """The pyarrow schema of a trial row."""
     import pyarrow as pa
@@ -115,13 +132,12 @@ class ResultsStore:
             try:
                 tables.append(pq.read_table(path, schema=schema()))
             except (pa.ArrowException, OSError) as exc:
-                raise DseError(f"damaged results file {path}: {exc}; delete it to run that trial again") from None
+                raise damaged_file_error(path, exc) from None
         table = pa.concat_tables(tables) if tables else schema().empty_table()
         return table.to_pandas()
 
     def completed_ids(self) -> set[str]:
-        df = self.read()
-        return set(df.loc[df["status"] == "complete", "trial_id"])
+        return {tid for tid, status in self.statuses().items() if status == "complete"}
 
     def statuses(self, trial_ids: Iterable[str] | None = None) -> dict[str, str]:
         """{trial_id: status} of the stored rows (only `trial_ids`, if given), reading two columns."""
@@ -134,7 +150,7 @@ class ResultsStore:
             try:
                 t = pq.read_table(path, columns=["trial_id", "status"]).to_pylist()
             except (pa.ArrowException, OSError) as exc:
-                raise DseError(f"damaged results file {path}: {exc}; delete it to run that trial again") from None
+                raise damaged_file_error(path, exc) from None
             out.update({r["trial_id"]: r["status"] for r in t})
         return out
 

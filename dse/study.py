@@ -16,7 +16,7 @@ from dse.config import Geometry, StudyConfig, study_from_dict, with_overrides
 from dse.errors import DseError
 from dse.fileio import atomic_write
 from dse.sizing import Candidate, enumerate_candidates, parse_budget, propose
-from dse.store import ResultsStore
+from dse.store import ResultsStore, is_null
 from dse.trial import TrialSpec
 
 OnEvent = Callable[[str, str, dict], None]
@@ -179,7 +179,7 @@ def measure_latency_pass(plan: StudyPlan, on_event: OnEvent | None = None) -> in
         todo = pending()  # read again: measured meanwhile by another run -> not again
         todo = todo[todo["trial_id"].isin(set(claims.got))]
         for record in todo.to_dict("records"):
-            row = {k: (None if _missing(v) else v) for k, v in record.items()}
+            row = {k: (None if is_null(v) else v) for k, v in record.items()}
             row = measure_deferred_latency(row, plan.config.run.device)
             store.write(row)
             claims.release([row["trial_id"]])
@@ -188,18 +188,11 @@ def measure_latency_pass(plan: StudyPlan, on_event: OnEvent | None = None) -> in
     return len(todo)
 
 
-def _missing(value) -> bool:
-    """True for the nulls pandas gives back for empty cells (None, NaN, NA)."""
-    import pandas as pd
-
-    return value is None or (not isinstance(value, (str, bytes, list, dict)) and bool(pd.isna(value)))
-
-
 def _finish(plan: StudyPlan, skipped: int, elsewhere: int = 0) -> StudyOutcome:
     from dse.pareto import pareto_front
 
     df = plan.store.read()
-    report = write_study_report(plan)
+    report = write_study_report(plan, df)
     mine = df[df["trial_id"].isin({s.trial_id for s in plan.specs})]
     front = mine[pareto_front(mine)] if len(mine) else mine
     cols = ["trial_id", "depth", "width", "heads", "params", "fid", "latency_s"]
@@ -215,8 +208,8 @@ def load_study_dir(name: str, results_dir: str = "results") -> StudyConfig:
     """The resolved config that `dse run` saved for study `name`."""
     path = Path(results_dir) / name / STUDY_FILE
     if not path.is_file():
-        known = sorted(p.parent.name for p in Path(results_dir).glob(f"*/{STUDY_FILE}"))
-        raise DseError(f"no study {name!r} in {results_dir}/ (looked for {path}); known studies: {', '.join(known) or 'none'}")
+        known = ", ".join(study_names(results_dir)) or "none"
+        raise DseError(f"no study {name!r} in {results_dir}/ (looked for {path}); known studies: {known}")
     return study_from_dict(json.loads(path.read_text()), source=str(path))
 
 
@@ -228,14 +221,15 @@ def report_study(name: str, results_dir: str = "results", reports_dir: str | Non
     return write_study_report(plan_study(cfg))
 
 
-def write_study_report(plan: StudyPlan) -> Path:
-    """Render the study's store as the HTML Pareto report."""
+def write_study_report(plan: StudyPlan, df=None) -> Path:
+    """Render the study's store (`df`, if it was already read) as the HTML Pareto report."""
     from dse.report import write_report
 
     proposal = plan.proposal
     proposed = None if proposal is None else proposal.to_dict()
     title = f"dse study {plan.config.name}: {plan.config.dataset}, budget {plan.config.space.budget}"
-    return write_report(plan.store.read(), plan.report_path, proposed=proposed, title=title)
+    rows = plan.store.read() if df is None else df
+    return write_report(rows, plan.report_path, proposed=proposed, title=title)
 
 
 STATUS_KINDS = ("done", "running", "failed", "stopped", "pending")
@@ -264,7 +258,7 @@ def study_status(name: str, results_dir: str | Path = "results") -> dict:
         elif status == "complete":
             out["done"].append(tid)
         elif status == "failed":
-            out["failed"].append({"trial_id": tid, "error": "" if _missing(row["error"]) else str(row["error"])})
+            out["failed"].append({"trial_id": tid, "error": "" if is_null(row["error"]) else str(row["error"])})
         elif status == "stopped":
             out["stopped"].append(tid)
         else:
@@ -279,7 +273,7 @@ def study_status(name: str, results_dir: str | Path = "results") -> dict:
 
 def _row_after(row: dict | None, started_at: str) -> bool:
     """True when `row` was finished after a claim started at `started_at` (the claimer's own row)."""
-    if row is None or _missing(row.get("finished_at")) or not started_at:
+    if row is None or is_null(row.get("finished_at")) or not started_at:
         return False
     from datetime import datetime
 
@@ -289,8 +283,11 @@ def _row_after(row: dict | None, started_at: str) -> bool:
         return False
 
 
+def study_names(results_dir: str | Path = "results") -> list[str]:
+    """The studies `dse run` saved under `results_dir` (folders with a study.json), sorted."""
+    return sorted(p.parent.name for p in Path(results_dir).glob(f"*/{STUDY_FILE}"))
+
+
 def studies_status(results_dir: str | Path = "results") -> list[dict]:
     """`study_status` of every study under `results_dir` (those with a study.json), by name."""
-    root = Path(results_dir)
-    names = sorted(p.parent.name for p in root.glob(f"*/{STUDY_FILE}")) if root.is_dir() else []
-    return [study_status(n, results_dir) for n in names]
+    return [study_status(n, results_dir) for n in study_names(results_dir)]

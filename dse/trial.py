@@ -79,20 +79,29 @@ def git_sha() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def base_row(spec: TrialSpec) -> dict[str, Any]:
-    import dse
+def arch_columns(arch: StudentArch, geometry: Geometry) -> dict[str, Any]:
+    """The row's columns that describe the student: geometry, architecture and parameter count."""
     from dse.sizing import count_params
 
-    t, g, a = spec.train, spec.geometry, spec.arch
+    g, a = geometry, arch
+    return {
+        "image_size": g.image_size, "channels": g.channels, "num_classes": g.num_classes, "patch_size": g.patch_size,
+        "depth": a.depth, "width": a.width, "heads": a.heads, "mlp_ratio": a.mlp_ratio, "params": count_params(a, g),
+    }
+
+
+def base_row(spec: TrialSpec) -> dict[str, Any]:
+    import dse
+
+    t = spec.train
     return {
         "trial_id": spec.trial_id, "study": spec.study, "dataset": spec.dataset,
-        "image_size": g.image_size, "channels": g.channels, "num_classes": g.num_classes, "patch_size": g.patch_size,
-        "depth": a.depth, "width": a.width, "heads": a.heads, "mlp_ratio": a.mlp_ratio,
+        **arch_columns(spec.arch, spec.geometry),
         "setup": t.setup, "loss": t.loss, "variant": spec.variant, "budget": spec.budget, "proposed": spec.proposed,
         "steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay,
         "ema_decay": t.ema_decay, "label_dropout": t.label_dropout, "seed": t.seed, "pairs_dir": spec.pairs_dir,
         "config_json": json.dumps(dataclasses.asdict(spec), sort_keys=True),
-        "params": count_params(a, g), "guidance": spec.eval.guidance,
+        "guidance": spec.eval.guidance,
         "host": socket.gethostname(), "started_at": _now(), "dse_version": dse.__version__,
         "python_version": platform.python_version(), "git_sha": git_sha(),
     }
@@ -170,12 +179,11 @@ def measure_deferred_latency(row: dict[str, Any], device: str = "auto") -> dict[
     """The row of a trial that deferred its latency, completed by `evaluation.measure_speed` on its saved
     student; a failure marks the row failed with the error. Used by the study's latency pass."""
     from dse import evaluation
-    from dse.config import EvalConfig
+    from dse.config import eval_from_dict
 
     row = dict(row)
     try:
-        spec = json.loads(row["config_json"])
-        cfg = EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["eval"].items()})
+        cfg = eval_from_dict(json.loads(row["config_json"])["eval"], source=f"trial {row['trial_id']}")
         model, _ = evaluation.load_student(row["checkpoint"])
         dev = resolve_device(device)
         onnx_path = Path(row["checkpoint"]).parent / evaluation.ONNX_FILE

