@@ -1,0 +1,111 @@
+"""Owns where a study's files live (study.json, trials/, claims/, artifacts/<trial>/..., tune/, the
+report) and the one check that every path dse derives stays inside the folder it belongs to (no torch).
+
+```
+<results_dir>/<study>/
+  study.json                 the resolved configuration
+  trials/<trial>.parquet     one row per finished trial
+  claims/<trial>.claim       which process runs a trial now
+  artifacts/<trial>/         last.pt, student.pt, samples.png, student.onnx, ta/
+  tune/                      Ray Tune's own files
+<reports_dir>/<study>.html
+```
+A study name (and a trial id) is one path component of safe characters, so it can never name a
+folder outside `results_dir` or `reports_dir`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dse.errors import DseError
+
+STUDY_FILE = "study.json"
+TRIALS_DIR = "trials"
+CLAIMS_DIR = "claims"
+ARTIFACTS_DIR = "artifacts"
+TUNE_DIR = "tune"
+PAIRS_DIR = "pairs"  # default home of generated teacher pairs: <results_dir>/pairs/<name>
+LAST_CHECKPOINT = "last.pt"  # resumable trainer state (student trials, the TA, the EDM teacher)
+STUDENT_FILE = "student.pt"
+SAMPLES_FILE = "samples.png"
+ONNX_FILE = "student.onnx"
+TA_DIR = "ta"
+REPORT_SUFFIX = ".html"
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def check_name(name: object, what: str = "study name") -> str:
+    """`name` if it is one safe path component (letters, digits, `.`, `_`, `+`, `-`; starts with a
+    letter or digit; at most 128 characters), else a DseError saying so."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise DseError(f"{what} {name!r} is not allowed: use 1-128 letters, digits, '.', '_', '+' or '-', "
+                       "starting with a letter or digit (no '/', no '..', no spaces)")
+    return name
+
+
+def inside(root: str | Path, *parts: str | Path, what: str = "path") -> Path:
+    """`root / parts...` (as given, not resolved), refused with a DseError when it resolves
+    (symbolic links followed) outside `root`: the one containment check for every path dse derives
+    from names it was given or read."""
+    joined = Path(root).joinpath(*parts)
+    if not is_inside(root, joined):
+        shown = Path(*parts) if parts else joined
+        raise DseError(f"{what} {str(shown)!r} leads outside {root} (to {joined.resolve()}); it must stay inside that folder")
+    return joined
+
+
+def is_inside(root: str | Path, path: str | Path) -> bool:
+    """True when `path` (resolved) is `root` or lies under it."""
+    base, p = Path(root).resolve(), Path(path).resolve()
+    return p == base or base in p.parents
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """The files of study `name` under `results_dir` (and its report under `reports_dir`)."""
+
+    results_dir: Path
+    name: str
+    reports_dir: Path = Path("reports")
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        object.__setattr__(self, "results_dir", Path(self.results_dir))
+        object.__setattr__(self, "reports_dir", Path(self.reports_dir))
+
+    @property
+    def study_dir(self) -> Path:
+        return inside(self.results_dir, self.name, what="study folder")
+
+    @property
+    def study_file(self) -> Path:
+        return self.study_dir / STUDY_FILE
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.study_dir / TRIALS_DIR
+
+    @property
+    def claims_dir(self) -> Path:
+        return self.study_dir / CLAIMS_DIR
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.study_dir / TUNE_DIR
+
+    def artifacts_dir(self, trial_id: str) -> Path:
+        check_name(trial_id, "trial id")
+        return inside(self.study_dir / ARTIFACTS_DIR, trial_id, what="artifacts folder")
+
+    @property
+    def report_path(self) -> Path:
+        return inside(self.reports_dir, self.name + REPORT_SUFFIX, what="report")
+
+    def default_pairs_dir(self, pairs_name: str) -> Path:
+        check_name(pairs_name, "pair-store name")
+        return inside(self.results_dir / PAIRS_DIR, pairs_name, what="pair store")
