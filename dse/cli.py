@@ -7,14 +7,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from dse.config import Geometry, SpaceConfig, StudyConfig, load_study, parse_assignments, with_overrides
+from dse.config import (Geometry, SpaceConfig, StudyConfig, dataset_geometry, load_study, parse_assignments,
+                        with_overrides, with_paper_widths)
 from dse.errors import DseError
+from dse.layout import check_name
 
 app = typer.Typer(
     help="Find the best tiny Diffusion Transformer for a parameter budget by distillation.",
@@ -33,7 +37,7 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
 ImageSizeOpt = typer.Option(None, "--image-size", help="Image side in pixels (with --channels, --num-classes).")
 ChannelsOpt = typer.Option(None, "--channels", help="Image channels.")
 ClassesOpt = typer.Option(None, "--num-classes", help="Number of classes.")
-PatchOpt = typer.Option(2, "--patch-size", help="DiT patch size (with --image-size).")
+PatchOpt = typer.Option(None, "--patch-size", help="DiT patch size [the space's; 2 with --image-size].")
 
 
 def _echo(text: str = "") -> None:
@@ -41,7 +45,15 @@ def _echo(text: str = "") -> None:
 
 
 def _study(space_file: Optional[Path], **overrides: dict) -> StudyConfig:
-    return _overridden(load_study(space_file or DEMO_SPACE), **overrides)
+    return _overridden(_space_or_demo(space_file, overrides["space"]["budget"]), **overrides)
+
+
+def _space_or_demo(space_file: Optional[Path], budget: Optional[str]) -> StudyConfig:
+    """The space file; without one the demo, and with a budget the demo over the paper's widths."""
+    if space_file:
+        return load_study(space_file)
+    demo = load_study(DEMO_SPACE)
+    return with_paper_widths(demo) if budget else demo
 
 
 def _overridden(cfg: StudyConfig, **overrides: dict) -> StudyConfig:
@@ -50,14 +62,13 @@ def _overridden(cfg: StudyConfig, **overrides: dict) -> StudyConfig:
 
 
 def _geometry(cfg: StudyConfig, image_size: Optional[int], channels: Optional[int], num_classes: Optional[int],
-              patch_size: int) -> Geometry:
+              patch_size: Optional[int]) -> Geometry:
     given = [image_size, channels, num_classes]
     if all(v is None for v in given):
-        from dse.study import geometry_of
-
-        return geometry_of(cfg)
+        return dataset_geometry(cfg.dataset, cfg.patch_size if patch_size is None else patch_size)
     if any(v is None for v in given):
         raise DseError("give all of --image-size, --channels and --num-classes, or none (the space's data set is used)")
+    patch_size = 2 if patch_size is None else patch_size
     if image_size <= 0 or channels <= 0 or num_classes <= 0 or patch_size <= 0 or image_size % patch_size:
         raise DseError("--image-size, --channels and --num-classes must be positive, and --patch-size must divide --image-size")
     return Geometry(image_size, channels, num_classes, patch_size)
@@ -86,13 +97,20 @@ def run(
     assignments: Optional[list[str]] = typer.Option(None, "--set", help="Any key of the space file: SECTION.KEY=VALUE, e.g. --set data.dataset=digits (repeatable)."),
     live: bool = typer.Option(True, "--live/--no-live", help="A live table of trials on a terminal (plain lines otherwise)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run trials stored as failed (or stopped) again."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the configuration, the trials, their resources and an estimate of their time; write nothing."),
 ) -> None:
-    """Train and measure every architecture of a space under a budget, then write the Pareto report."""
-    from dse.sizing import format_count, parse_budget
-    from dse.study import plan_study, run_study
+    """Train and measure every architecture of a space under a budget, then write the Pareto report.
 
-    base = load_study(space or DEMO_SPACE)
-    name = study or (f"{base.name}-{format_count(parse_budget(budget))}" if budget else None)
+    Exit code: 0 every trial completed (or was stopped by --halving), 1 some trials failed (the
+    summary says which; `dse status NAME` says why), 2 a mistake refused before anything ran,
+    130 interrupted (run the same command again to resume)."""
+    from dse.sizing import format_count, parse_budget
+    from dse.study import preflight, run_study
+
+    base = _space_or_demo(space, budget)
+    if study is not None:
+        check_name(study)
+    name = study if study is not None else (f"{base.name}-{format_count(parse_budget(budget))}" if budget else None)
     options = {
         "study": {"name": name}, "space": {"budget": budget, "lower": lower, "upper": upper},
         "train": {"steps": steps}, "eval": {"num_samples": fid_samples},
@@ -104,43 +122,73 @@ def run(
     for section, values in parse_assignments(assignments or []).items():
         options.setdefault(section, {}).update(values)
     cfg = _overridden(base, **options)
-    plan = plan_study(cfg)  # validates before anything is written
+    plan = preflight(cfg)  # validates before anything is written (the cluster: when the run connects)
     _echo(f"study {cfg.name}: {len(plan.specs)} trials ({len(plan.candidates)} architectures x "
           f"{len(cfg.trainings())} trainings) on {cfg.dataset}, budget {cfg.space.budget}")
     if plan.proposal:
         _echo(f"design rule: {plan.proposal.arch.name} ({plan.proposal.params:,} params)")
-    from dse.progress import TrialBoard, live_table, outcome_summary
+    from dse.estimate import estimate_study
+    from dse.progress import TrialBoard, format_duration, live_table, outcome_summary
+    from dse.study import trials_to_run
+
+    todo = trials_to_run(plan.specs, plan.store.statuses(), cfg.run.retry_failed)
+    guess = estimate_study(cfg, todo)
+    if dry_run:
+        _echo_dry_run(cfg, guess, skipped=len(plan.specs) - len(todo))
+        return
+    if todo:
+        _echo(f"estimate: {len(todo)} trials to run, ~{format_duration(guess.study_s)} on this machine "
+              f"({guess.parallel} at a time); {guess.pairs_text()}")
+        _echo(f"  ({guess.method()})")
 
     # a trial's length in steps; 0 (unknown) when train.epochs sets it from the pair count
     steps = {s.trial_id: (0 if s.train.epochs else s.train.steps) for s in plan.specs}
     board = TrialBoard([s.trial_id for s in plan.specs], steps, stored=plan.store.completed_ids())
     with live_table(board, enabled=live) as on_event:
-        outcome = run_study(cfg, on_event=on_event, on_pairs=_pairs_progress())
+        outcome = run_study(cfg, on_event=on_event, on_pairs=on_event.on_pairs)
     _echo()
     for line in outcome_summary(outcome, elapsed_s=board.elapsed()):
         _echo(line)
+    if outcome.num_failed:
+        _echo(f"{outcome.num_failed} of {len(plan.specs)} trials failed: `dse status {cfg.name} --results-dir "
+              f"{cfg.run.results_dir}` says why, `dse run ... --retry-failed` runs them again")
+        raise typer.Exit(EXIT_FAILED_TRIALS)
 
 
-def _pairs_progress():
-    last = {"shown": -1}
+def _echo_dry_run(cfg: StudyConfig, guess, skipped: int) -> None:
+    """What `dse run` would do: the resolved configuration, each trial with its resources and time, the total."""
+    from dse.progress import format_duration
 
-    def show(done: int, total: int, rate: float) -> None:
-        pct = int(100 * done / total)
-        if pct // 25 != last["shown"] // 25 or done == total:
-            last["shown"] = pct
-            _echo(f"teacher pairs: {done}/{total} ({rate:,.0f} pairs/s)")
-
-    return show
+    _echo("configuration (resolved):")
+    for section, values in json.loads(cfg.to_json()).items():
+        _echo(f"  [{section}]")
+        for key, value in values.items():
+            _echo(f"    {key} = {json.dumps(value)}")
+    if skipped:
+        _echo(f"{skipped} trials are already in the store: not run again")
+    if not guess.trials:
+        _echo("nothing to run")
+    else:
+        _echo(f"{'trial':<40} {'params':>10} {'cpus':>5} {'gpus':>5} {'train':>8} {'eval':>8} {'latency':>8}")
+        for t in guess.trials:
+            _echo(f"{t.trial_id:<40} {t.params:>10,} {t.cpus:>5g} {t.gpus:>5g} {format_duration(t.train_s):>8} "
+                  f"{format_duration(t.eval_s):>8} {format_duration(t.latency_s):>8}")
+        where = f"this machine (a cluster at {cfg.run.address} may differ)" if cfg.run.address else "this machine"
+        _echo(f"estimate: the study ~{format_duration(guess.study_s)} on {where}, {guess.parallel} trial(s) at a time; "
+              f"{guess.pairs_text()}")
+        _echo(f"  ({guess.method()})")
+    _echo("dry run: nothing was written")
 
 
 @app.command("space")
 def space_cmd(
     space: Optional[Path] = SpaceOpt, budget: Optional[str] = BudgetOpt, lower: Optional[float] = LowerOpt,
     upper: Optional[float] = UpperOpt, image_size: Optional[int] = ImageSizeOpt, channels: Optional[int] = ChannelsOpt,
-    num_classes: Optional[int] = ClassesOpt, patch_size: int = PatchOpt, json_out: bool = JsonOpt,
+    num_classes: Optional[int] = ClassesOpt, patch_size: Optional[int] = PatchOpt, json_out: bool = JsonOpt,
 ) -> None:
-    """List the architectures that fit a budget, with their parameter counts."""
-    from dse.sizing import enumerate_candidates, propose
+    """List the architectures that fit a budget, with their parameter counts (one row per depth and
+    width, with every head count of it: heads do not change the count)."""
+    from dse.sizing import enumerate_candidates, group_heads, propose
 
     cfg = _study(space, space={"budget": budget, "lower": lower, "upper": upper})
     geometry = _geometry(cfg, image_size, channels, num_classes, patch_size)
@@ -157,17 +205,22 @@ def space_cmd(
         _echo(json.dumps({"budget": s.budget, "geometry": geometry.__dict__, "lower": s.lower, "upper": s.upper,
                           "candidates": rows}, indent=2))
         return
-    _echo(f"{len(rows)} architectures for {_geometry_text(geometry)} at budget {s.budget} (band {s.lower:g}x-{s.upper:g}x)")
-    _echo(f"{'depth':>5} {'width':>5} {'heads':>5} {'params':>12}")
-    for r in rows:
-        _echo(f"{r['depth']:>5} {r['width']:>5} {r['heads']:>5} {r['params']:>12,}" + ("  <- design rule" if r["design_rule"] else ""))
+    groups = group_heads(candidates)
+    _echo(f"{len(rows)} architectures ({len(groups)} depth x width) for {_geometry_text(geometry)} at budget "
+          f"{s.budget} (band {s.lower:g}x-{s.upper:g}x)")
+    heads = [",".join(map(str, g["heads"])) for g in groups]
+    column = max([5, *map(len, heads)])
+    _echo(f"{'depth':>5} {'width':>5} {'heads':>{column}} {'params':>12}")
+    for g, h in zip(groups, heads):
+        mark = f"  <- design rule (heads {rule.heads})" if rule and (g["depth"], g["width"]) == (rule.depth, rule.width) else ""
+        _echo(f"{g['depth']:>5} {g['width']:>5} {h:>{column}} {g['params']:>12,}{mark}")
 
 
 @app.command("propose")
 def propose_cmd(
     budget: Optional[str] = BudgetOpt, space: Optional[Path] = SpaceOpt, lower: Optional[float] = LowerOpt,
     upper: Optional[float] = UpperOpt, image_size: Optional[int] = ImageSizeOpt, channels: Optional[int] = ChannelsOpt,
-    num_classes: Optional[int] = ClassesOpt, patch_size: int = PatchOpt, json_out: bool = JsonOpt,
+    num_classes: Optional[int] = ClassesOpt, patch_size: Optional[int] = PatchOpt, json_out: bool = JsonOpt,
 ) -> None:
     """The paper's design-rule architecture for a budget: d = floor(log2 w), h = lower median divisor of w."""
     from dse.sizing import propose
@@ -185,9 +238,9 @@ def propose_cmd(
 @app.command("report")
 def report_cmd(
     study: str = typer.Argument("demo", help="Study name (a directory under --results-dir)."),
-    results_dir: str = typer.Option("results", "--results-dir"), reports_dir: Optional[str] = typer.Option(None, "--reports-dir"),
+    results_dir: str = typer.Option("results", "--results-dir"), reports_dir: str = typer.Option("reports", "--reports-dir"),
 ) -> None:
-    """Render a study's Pareto report from its results store."""
+    """Render the Pareto report of the study in the folder --results-dir/STUDY as --reports-dir/STUDY.html."""
     from dse.study import report_study
 
     _echo(f"report: {report_study(study, results_dir, reports_dir)}")
@@ -204,7 +257,7 @@ def eval_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Reference data set [the one the checkpoint names]."),
     data_root: Optional[str] = DataRootOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for samples.png and student.onnx [the checkpoint's]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for samples.png and student.onnx [none: no file is written]."),
     assignments: Optional[list[str]] = typer.Option(None, "--set", help="Any [eval] key: eval.KEY=VALUE, e.g. --set eval.reference=test (repeatable)."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -267,10 +320,11 @@ def results_cmd(
     columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated columns, or * for all [a short selection]."),
 ) -> None:
     """Print a study's rows as a table, CSV or JSON."""
-    from dse.query import format_table, known_studies, study_results
+    from dse.layout import study_names
+    from dse.query import format_table, study_results
 
     if study is None:
-        known = known_studies(results_dir)
+        known = study_names(results_dir)
         if len(known) != 1:
             raise DseError(f"name a study: {', '.join(known)}" if known else f"no studies in {results_dir}/ yet (run `dse run`)")
         study = known[0]
@@ -295,7 +349,7 @@ def status_cmd(
         _echo(f"no studies in {results_dir}/ yet (run `dse run`)")
     else:
         for s in found:
-            _echo(f"{s['study']:<28} {_counts_text(s)}")
+            _echo(f"{s['study']:<28} {'error: ' + s['error'] if 'error' in s else _counts_text(s)}")
 
 
 def _counts_text(s: dict) -> str:
@@ -371,7 +425,7 @@ def teacher_generate(
     """Sample (noise, label, image) pairs from a teacher with EDM's Heun sampler."""
     from dse.teacher import generate_pairs
     from dse.teacher.edm import SamplerSettings
-    from dse.trial import resolve_device
+    from dse.device import resolve_device
 
     if num <= 0 or num_steps <= 0 or batch_size <= 0 or shard_size <= 0:
         raise DseError("--num, --steps, --batch-size and --shard-size must be positive")
@@ -401,7 +455,7 @@ def teacher_train(
 ) -> None:
     """Train a small EDM-preconditioned denoiser on a data set, for use as `--teacher trained`."""
     from dse.teacher.train import TeacherTrainConfig, train_teacher
-    from dse.trial import resolve_device
+    from dse.device import resolve_device
 
     given = {"steps": steps, "batch_size": batch_size, "lr": lr, "depth": depth, "width": width, "heads": heads,
              "seed": seed, "checkpoint_every": checkpoint_every}
@@ -454,10 +508,34 @@ def teacher_inspect(
     _echo(f"grid: {summary['png']}")
 
 
+EXIT_FAILED_TRIALS = 1  # the study ran, some trials failed
+EXIT_REFUSED = 2  # a mistake refused before running (DseError, a usage error, an OS failure)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OS failure on one line: its cause and the path(s) it happened on."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{cause}: {' -> '.join(paths)}" if paths else cause
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `dse` console script."""
+    """Entry point of the `dse` console script, and the one guard around every command: a mistake
+    (DseError) or an OS failure (disk full, read-only, not a folder, ...) is one line on stderr and
+    exit 2; Ctrl-C is one line and exit 130; any other exception is a bug and keeps its traceback."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="dse")
+        app(args=args, prog_name="dse")  # click: usage errors exit 2 with its own text; Ctrl-C exits 130
     except DseError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_REFUSED)
+    except OSError as exc:
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
+        sys.exit(EXIT_REFUSED)
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into this exit, silently
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the clean-up short (Ray's)
+            again = f"`{shlex.join(['dse', *args])}` again to resume" if args[:1] == ["run"] else "the command again"
+            print(f"interrupted: run {again}", file=sys.stderr)
+        raise

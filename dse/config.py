@@ -1,20 +1,30 @@
-"""Owns the study configuration: frozen dataclasses, TOML loading and validation (no torch, no ray).
+"""Owns the study configuration: frozen dataclasses, TOML loading, the budget parsed once, and
+validation of every key (no torch, no ray).
 
 A search-space file (`search_spaces/*.toml`) has the sections `[study]`, `[data]`, `[teacher]`,
 `[space]`, `[train]`, `[eval]` and `[run]`; every key is optional except `space.budget`, and an
-unknown section or key is an error (a typo must not silently fall back to a default).
+unknown section or key is an error (a typo must not silently fall back to a default). Every value
+is checked against its field's type (a float field takes an integer, an integer field an integral
+float such as 1e3, a bool is never a number) and every number against its range in `RANGES`
+(floats must be finite); a mistake is one DseError naming the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+import sys
 import tomllib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, get_args, get_origin, get_type_hints
 
+from dse.device import check_device_name
 from dse.errors import DseError
+from dse.layout import check_name
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,28 @@ class Geometry:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+
+# The geometry of each data set dse knows (dse.data.datasets registers a loader under each name),
+# known without loading it: what `[data] dataset` may name and what `patch_size` must divide.
+GEOMETRIES: dict[str, Geometry] = {
+    "digits": Geometry(image_size=8, channels=1, num_classes=10),
+    "fashion-mnist": Geometry(image_size=28, channels=1, num_classes=10),
+    "cifar10": Geometry(image_size=32, channels=3, num_classes=10),
+}
+
+
+def dataset_geometry(name: str, patch_size: int = 2) -> Geometry:
+    """The geometry of data set `name` cut into `patch_size` patches; a DseError for an unknown name
+    or a patch size that does not divide the image (naming the ones that do)."""
+    if name not in GEOMETRIES:
+        raise DseError(f"unknown data set {name!r}; known: {', '.join(sorted(GEOMETRIES))}")
+    g = GEOMETRIES[name]
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or g.image_size % patch_size:
+        fits = [p for p in range(1, g.image_size + 1) if g.image_size % p == 0]
+        raise DseError(f"data.patch_size {patch_size!r} does not divide the {g.image_size}x{g.image_size} images of "
+                       f"{name}; use one of {', '.join(map(str, fits))}")
+    return Geometry(g.image_size, g.channels, g.num_classes, patch_size)
 
 
 @dataclass(frozen=True)
@@ -91,7 +123,7 @@ class TrainConfig:
     setup: str = "get"
     loss: str = "l2"
     steps: int = 1000
-    epochs: float = 0  # if > 0, the length in passes over the pairs instead of `steps` (paper: 100)
+    epochs: float = 0.0  # if > 0, the length in passes over the pairs instead of `steps` (paper: 100)
     batch_size: int = 256
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -169,8 +201,8 @@ class RunConfig:
 
     results_dir: str = "results"
     reports_dir: str = "reports"
-    cpus_per_trial: float = 0
-    gpus_per_trial: float = -1
+    cpus_per_trial: float = 0.0
+    gpus_per_trial: float = -1.0
     device: str = "auto"
     address: str = ""
     search: str = "grid"
@@ -248,50 +280,127 @@ KNOWN_SETUPS = ("get", "mi1", "ta", "dmd")  # dse.distill.setups.SETUPS
 KNOWN_LOSSES = ("l1", "l2", "lpips")  # dse.distill.losses.LOSS_NAMES
 KNOWN_EXTRACTORS = ("auto", "inception-v3-compat", "inception-v3-fid-helper", "dse-digits-classifier-v1")  # metrics/fid.py
 
+Rule = tuple[Callable[[float], bool], str]
+_POSITIVE: Rule = (lambda v: v > 0, "must be positive (> 0)")
+_NOT_NEGATIVE: Rule = (lambda v: v >= 0, "must be >= 0")
+_FRACTION: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+_LAMBDA: Rule = (lambda v: v >= 0, "must be >= 0 (ta_lambda0/1/2: each >= 0 and not all 0)")
+
+
+def _at_least(n: int) -> Rule:
+    return (lambda v: v >= n, f"must be >= {n}")
+
+
+# The range of every number of every section (of each element, for a list); floats must also be
+# finite. Rules between keys (lower <= upper, sigma_min < sigma_max, heads dividing the width, ...)
+# are in `validate`; `data.patch_size` is checked by `dataset_geometry`.
+RANGES: dict[str, dict[str, Rule]] = {
+    "teacher": {"num_pairs": _POSITIVE, "seed": _NOT_NEGATIVE, "num_steps": _POSITIVE, "sigma_min": _POSITIVE,
+                "sigma_max": _POSITIVE, "rho": _POSITIVE, "shard_size": _POSITIVE},
+    "space": {"lower": _POSITIVE, "upper": _POSITIVE, "widths": _at_least(4), "min_width": _at_least(4),
+              "max_width": _at_least(4), "min_depth": _at_least(1), "max_depth": _at_least(1), "heads": _at_least(1),
+              "mlp_ratio": _POSITIVE},
+    "train": {"steps": _POSITIVE, "epochs": _NOT_NEGATIVE, "batch_size": _POSITIVE, "lr": _POSITIVE,
+              "weight_decay": _NOT_NEGATIVE, "ema_decay": _FRACTION, "label_dropout": _FRACTION,
+              "seed": _NOT_NEGATIVE, "checkpoint_every": _NOT_NEGATIVE, "lpips_size": _NOT_NEGATIVE,
+              "mi1_blocks": _at_least(1), "mi1_times": (lambda v: 0 <= v <= 1, "must be in [0, 1] (fractions of noise left)"),
+              "mi1_sigma_min": _POSITIVE, "mi1_sigma_max": _POSITIVE, "mi1_rho": _POSITIVE,
+              "ta_depth": _at_least(1), "ta_width": _at_least(4), "ta_heads": _at_least(1), "ta_steps": _NOT_NEGATIVE,
+              "ta_lambda0": _LAMBDA, "ta_lambda1": _LAMBDA, "ta_lambda2": _LAMBDA,
+              "dmd_weight": _NOT_NEGATIVE, "dmd_regression_weight": _NOT_NEGATIVE, "dmd_fake_lr": _POSITIVE,
+              "dmd_fake_depth": _at_least(1), "dmd_fake_width": _at_least(4), "dmd_fake_heads": _at_least(1)},
+    "eval": {"num_samples": (lambda v: v >= 2, "must be at least 2 (FID estimates a covariance)"),
+             "guidance": _NOT_NEGATIVE, "reference_num": _NOT_NEGATIVE, "latency_num_images": _POSITIVE,
+             "latency_batch": _POSITIVE, "latency_repeats": _POSITIVE, "onnx_num_images": _NOT_NEGATIVE,
+             "samples_per_class": _NOT_NEGATIVE, "seed": _NOT_NEGATIVE},
+    "run": {"cpus_per_trial": _NOT_NEGATIVE,
+            "gpus_per_trial": (lambda v: v == -1 or 0 <= v <= 1 or (v > 1 and v.is_integer()),
+                               "must be >= 0 (a fraction up to 1, whole GPUs above) or -1 (from the model's memory)"),
+            "num_samples": _NOT_NEGATIVE, "halving_rungs": _at_least(2), "halving_eta": _at_least(2)},
+}
+
+_BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*([kKmM]?)\s*$")
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000}
+
+
+def parse_budget(budget: str | int | float) -> int:
+    """A parameter budget as an integer: "420k", "0.42M", "5M", "5e6" and 5000000 all work."""
+    if isinstance(budget, bool):
+        raise DseError(f"invalid budget {budget!r}")
+    if isinstance(budget, (int, float)):
+        value = budget
+    else:
+        m = _BUDGET_RE.match(str(budget))
+        if not m:
+            raise DseError(
+                f"invalid budget {budget!r}: use a number of parameters such as 420k, 0.42M, 5M, 5e6 or 5000000"
+            )
+        mantissa, exponent, suffix = m.groups()
+        value = float(f"{mantissa}e{exponent or 0}") * _SUFFIX[suffix.lower()]  # 1e400 is inf, not an error
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 1:
+        raise DseError(f"invalid budget {budget!r}: it must be a positive, finite number of parameters "
+                       "such as 420k, 5M or 5e6")
+    return int(round(value))
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_KINDS_NAMES = {int: "integers", float: "numbers", str: "strings"}
+
 
 def _build(cls, section: str, values: dict[str, Any], source: str):
     """Make dataclass `cls` from a TOML table, rejecting unknown keys and wrong types."""
     if not isinstance(values, dict):
         raise DseError(f"{source}: [{section}] must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    kinds = get_type_hints(cls)
+    unknown = sorted(set(values) - set(kinds))
     if unknown:
         raise DseError(
             f"{source}: unknown key(s) {', '.join(unknown)} in [{section}]; "
-            f"known: {', '.join(fields)}"
+            f"known: {', '.join(kinds)}"
         )
     kwargs = {}
     for key, value in values.items():
-        default = fields[key].default
-        kwargs[key] = _coerce(value, None if default is dataclasses.MISSING else default, f"{source}: [{section}] {key}")
+        if key == "budget" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # budget = 5e6 reads like budget = "5e6"
+        kwargs[key] = _coerce(value, kinds[key], f"{source}: [{section}] {key}")
     return cls(**kwargs)
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    """Check a TOML value against the type of its default; lists become tuples."""
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """`value` (from TOML, --set or an option) as a value of the field type `kind`, else a DseError
+    naming the key: a float field takes an integer, an integer field an integral float (1e3), a list
+    field a list or a single value (made a tuple); a bool is never a number."""
+    if isinstance(kind, types.UnionType):  # heads: a word ("all", "rule") or a list of head counts
+        if isinstance(value, str) and str in get_args(kind):
+            return value
+        kind = next(k for k in get_args(kind) if k is not str)
+    if get_origin(kind) is tuple:
+        item = get_args(kind)[0]
+        items = value if isinstance(value, list) else [value]
+        if not all(_fits(v, item) for v in items):
+            raise DseError(f"{where} has the wrong type: got {value!r}, expected a list of {_KINDS_NAMES[item]}")
+        return tuple(item(v) for v in items)
     if isinstance(value, list):
-        if isinstance(default, str):  # e.g. heads = [4, 8] where the default is "all"
-            pass
-        elif default is not None and not isinstance(default, tuple):
-            raise DseError(f"{where} must be a single value, not a list")
-        return tuple(value)
-    if default is None or (isinstance(default, bool) and isinstance(value, bool)):
-        return value
-    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(default, str) and isinstance(value, str):
-        return value
-    if isinstance(default, tuple) and isinstance(value, str):
-        return (value,)
-    if isinstance(default, str) and isinstance(value, (int, float)) and where.endswith("budget"):
-        return str(value)
-    raise DseError(f"{where} has the wrong type: got {value!r}, expected {type(default).__name__}")
+        raise DseError(f"{where} must be a single value, not a list")
+    if not _fits(value, kind):
+        raise DseError(f"{where} has the wrong type: got {value!r}, expected {_KIND_NAMES[kind]}")
+    return kind(value)
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    if kind is float:  # an integer too large for a float is no number dse can use
+        return isinstance(value, float) or (isinstance(value, int) and abs(value) <= sys.float_info.max)
+    if kind is int:
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    return isinstance(value, kind)
 
 
 def study_from_dict(data: dict[str, Any], source: str = "<config>") -> StudyConfig:
     """Build and validate a StudyConfig from parsed TOML."""
+    if not isinstance(data, dict):
+        raise DseError(f"{source}: a study config is a table of sections, not {type(data).__name__}")
     allowed = {"study", "data", "variants", *_SECTIONS}
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -308,10 +417,10 @@ def study_from_dict(data: dict[str, Any], source: str = "<config>") -> StudyConf
     variants = _variants(data.get("variants", []), parts["train"], source)
     cfg = StudyConfig(
         variants=variants,
-        name=str(study.get("name", "")),
-        dataset=str(data_section.get("dataset", "digits")),
-        data_root=str(data_section.get("root", "")),
-        patch_size=int(data_section.get("patch_size", 2)),
+        name=_coerce(study.get("name", ""), str, f"{source}: [study] name"),
+        dataset=_coerce(data_section.get("dataset", "digits"), str, f"{source}: [data] dataset"),
+        data_root=_coerce(data_section.get("root", ""), str, f"{source}: [data] root"),
+        patch_size=_coerce(data_section.get("patch_size", 2), int, f"{source}: [data] patch_size"),
         **parts,
     )
     validate(cfg, source)
@@ -338,36 +447,77 @@ def _variants(items: Any, base: TrainConfig, source: str) -> tuple[Variant, ...]
     return tuple(out)
 
 
-def validate(cfg: StudyConfig, source: str = "<config>") -> None:
-    """Raise DseError for settings that cannot work; messages name the key and the fix."""
-    from dse.sizing import parse_budget  # sizing imports config; import here to avoid a cycle
+def _check_numbers(part: Any, section: str, where: str) -> None:
+    """Every number of `part` (the dataclass of [section]) finite and in its range (`RANGES`)."""
+    for key, (ok, rule) in RANGES[section].items():
+        value = getattr(part, key)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, str):  # heads = "all" | "rule"
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise DseError(f"{where}: {section}.{key} must be a finite number (got {v})")
+            if not ok(v):
+                raise DseError(f"{where}: {section}.{key} {rule} (got {v!r})")
 
+
+# A Ray cluster address: HOST:PORT, [IPv6]:PORT or ray://HOST:PORT (Ray Client); "auto" is a Ray already running here
+_ADDRESS = re.compile(r"(?P<scheme>ray://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(?P<port>\d{1,5})")
+
+
+def parse_address(address: str) -> tuple[str, str, int] | None:
+    """(scheme "ray://" or "", host, port) of a cluster address; None for "auto" (a Ray already
+    running on this machine); a DseError for anything else."""
+    if address == "auto":
+        return None
+    m = _ADDRESS.fullmatch(address)
+    if m is None or not 0 < int(m["port"]) < 65536:
+        raise DseError(f"Ray address {address!r}: use HOST:PORT (e.g. 10.0.0.1:6379, the head's `ray start --head "
+                       "--port`), ray://HOST:PORT (Ray Client) or auto")
+    return m["scheme"] or "", m["host"].strip("[]"), int(m["port"])
+
+
+def validate(cfg: StudyConfig, source: str = "<config>") -> None:
+    """Raise DseError for settings that cannot work; messages name the key and the fix.
+
+    The name may be "" (not named yet: `load_study` names a study after its file); every other
+    value is checked, numbers by `RANGES`. Whether a CUDA device exists is checked where the study
+    starts (`device.resolve_device`): here only its name.
+    """
     s, e = cfg.space, cfg.eval
     if not s.budget:
         raise DseError(f"{source}: [space] budget is required (e.g. budget = \"420k\")")
-    parse_budget(s.budget)
-    if not 0 < s.lower <= s.upper:
+    try:
+        if cfg.name:
+            check_name(cfg.name)
+        check_device_name(cfg.run.device)
+        if cfg.run.address:
+            parse_address(cfg.run.address)
+        dataset_geometry(cfg.dataset, cfg.patch_size)
+        parse_budget(s.budget)
+    except DseError as exc:
+        raise DseError(f"{source}: {exc}") from None
+    for section in ("teacher", "space", "run"):
+        _check_numbers(getattr(cfg, section), section, source)
+    if not s.lower <= s.upper:
         raise DseError(f"{source}: [space] needs 0 < lower <= upper (got lower={s.lower}, upper={s.upper})")
-    if any(w <= 0 or w % 4 for w in s.widths) or s.min_width < 4:
+    if any(w % 4 for w in s.widths):
         raise DseError(f"{source}: [space] widths must be positive multiples of 4 (the 2-D sin-cos position embedding splits the width in four)")
-    if s.min_depth < 1 or s.max_depth < s.min_depth:
-        raise DseError(f"{source}: [space] needs 1 <= min_depth <= max_depth")
+    if s.min_width > s.max_width or s.min_depth > s.max_depth:
+        raise DseError(f"{source}: [space] needs min_width <= max_width and 1 <= min_depth <= max_depth")
     if isinstance(s.heads, str) and s.heads not in ("all", "rule"):
         raise DseError(f"{source}: [space] heads must be \"all\", \"rule\" or a list of integers, not {s.heads!r}")
+    if s.heads == ():
+        raise DseError(f"{source}: [space] heads = []: give \"all\", \"rule\" or at least one head count")
     for name, values, known in (("setups", s.setups, KNOWN_SETUPS), ("losses", s.losses, KNOWN_LOSSES)):
         bad = [v for v in values if v not in known]
         if bad or not values:
             raise DseError(f"{source}: [space] {name} = {list(values)}: known values are {', '.join(known)}")
-    positive = {
-        "teacher.num_pairs": cfg.teacher.num_pairs,
-        "teacher.num_steps": cfg.teacher.num_steps, "teacher.shard_size": cfg.teacher.shard_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise DseError(f"{source}: {key} must be positive (got {value})")
+    t = cfg.teacher
+    if t.sigma_min >= t.sigma_max:
+        raise DseError(f"{source}: teacher.sigma_min must be below teacher.sigma_max (got {t.sigma_min} and {t.sigma_max})")
     _validate_eval(e, source)
     for name, train in cfg.trainings():
-        _validate_train(train, f"{source}: [train]" if not cfg.variants else f"{source}: variant {name!r}")
+        _validate_train(train, source if not cfg.variants else f"{source}: variant {name!r}")
     if cfg.teacher.image_dtype not in ("float32", "float16"):
         raise DseError(f"{source}: teacher.image_dtype must be float32 or float16 (got {cfg.teacher.image_dtype!r})")
     if cfg.teacher.kind not in ("empirical", "trained", "external", "store"):
@@ -376,15 +526,8 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         raise DseError(f"{source}: teacher.kind = \"store\" needs teacher.pairs_dir (e.g. pairs made by `dse teacher import-get`)")
     if cfg.teacher.kind in ("trained", "external") and not cfg.teacher.source:
         raise DseError(f"{source}: teacher.kind = {cfg.teacher.kind!r} needs teacher.source (a checkpoint, or a TorchScript file / module:function)")
-    r = cfg.run
-    if r.search not in ("grid", "optuna"):
-        raise DseError(f"{source}: run.search must be grid or optuna (got {r.search!r})")
-    if r.num_samples < 0 or r.cpus_per_trial < 0 or (r.gpus_per_trial < 0 and r.gpus_per_trial != -1):
-        raise DseError(f"{source}: run.num_samples and run.cpus_per_trial must be >= 0, run.gpus_per_trial >= 0 or -1 (auto)")
-    if r.halving_rungs < 2 or r.halving_eta < 2:
-        raise DseError(f"{source}: run.halving_rungs and run.halving_eta must be at least 2")
-    if cfg.run.device not in ("auto", "cpu") and not cfg.run.device.startswith("cuda"):
-        raise DseError(f"{source}: run.device must be auto, cpu or cuda[:N] (got {cfg.run.device!r})")
+    if cfg.run.search not in ("grid", "optuna"):
+        raise DseError(f"{source}: run.search must be grid or optuna (got {cfg.run.search!r})")
 
 
 def eval_from_dict(values: dict[str, Any], source: str = "options") -> EvalConfig:
@@ -395,67 +538,48 @@ def eval_from_dict(values: dict[str, Any], source: str = "options") -> EvalConfi
 
 
 def _validate_eval(e: EvalConfig, source: str) -> None:
-    for key in ("num_samples", "latency_num_images", "latency_batch", "latency_repeats"):
-        if getattr(e, key) <= 0:
-            raise DseError(f"{source}: eval.{key} must be positive (got {getattr(e, key)})")
-    if e.num_samples < 2:
-        raise DseError(f"{source}: eval.num_samples must be at least 2 (FID estimates a covariance)")
+    _check_numbers(e, "eval", source)
     if e.reference not in ("train", "test"):
         raise DseError(f"{source}: eval.reference must be train or test (got {e.reference!r})")
     if e.extractor not in KNOWN_EXTRACTORS:
         raise DseError(f"{source}: eval.extractor must be one of {', '.join(KNOWN_EXTRACTORS)} (got {e.extractor!r})")
-    for key in ("reference_num", "onnx_num_images", "samples_per_class"):
-        if getattr(e, key) < 0:
-            raise DseError(f"{source}: eval.{key} must be >= 0 (got {getattr(e, key)})")
 
 
 def _validate_train(t: TrainConfig, where: str) -> None:
     """Check one training config; `where` says which (the [train] table or a named variant)."""
+    _check_numbers(t, "train", where)
     if t.setup not in KNOWN_SETUPS or t.loss not in KNOWN_LOSSES:
-        raise DseError(f"{where}: setup {t.setup!r} / loss {t.loss!r}: known setups {', '.join(KNOWN_SETUPS)}, "
+        raise DseError(f"{where}: train.setup {t.setup!r} / train.loss {t.loss!r}: known setups {', '.join(KNOWN_SETUPS)}, "
                        f"losses {', '.join(KNOWN_LOSSES)}")
-    if t.lpips_net not in ("alex", "vgg") or t.lpips_size < 0:
-        raise DseError(f"{where}: lpips_net must be alex or vgg and lpips_size >= 0 (0: no resize)")
-    if t.epochs < 0:
-        raise DseError(f"{where}: epochs must be >= 0 (0: use steps)")
-    for key in ("steps", "batch_size"):
-        if getattr(t, key) <= 0:
-            raise DseError(f"{where}: {key} must be positive (got {getattr(t, key)})")
+    if t.lpips_net not in ("alex", "vgg"):
+        raise DseError(f"{where}: train.lpips_net must be alex or vgg (got {t.lpips_net!r})")
+    if t.mi1_sigma_min >= t.mi1_sigma_max:
+        raise DseError(f"{where}: train.mi1_sigma_min must be below train.mi1_sigma_max (got {t.mi1_sigma_min} and {t.mi1_sigma_max})")
     if t.setup == "mi1":
         blocks, times = t.mi1_blocks, t.mi1_times
-        if not blocks or len(blocks) != len(times) or list(blocks) != sorted(set(blocks)) or min(blocks) < 1:
+        if not blocks or len(blocks) != len(times) or list(blocks) != sorted(set(blocks)):
             raise DseError(f"{where}: setup mi1 needs mi1_blocks (increasing, from 1) and mi1_times of the same length")
-        if any(not 0.0 <= x <= 1.0 for x in times):
-            raise DseError(f"{where}: mi1_times are fractions of noise left, in [0, 1] (got {list(times)})")
-    own_dits = {"ta": ("ta", t.ta_depth, t.ta_width, t.ta_heads),
-                "dmd": ("dmd_fake", t.dmd_fake_depth, t.dmd_fake_width, t.dmd_fake_heads)}
+    own_dits = {"ta": ("ta", t.ta_width, t.ta_heads), "dmd": ("dmd_fake", t.dmd_fake_width, t.dmd_fake_heads)}
     if t.setup in own_dits:  # the setup's own DiT: the TA, DMD's fake score
-        prefix, depth, width, heads = own_dits[t.setup]
-        if depth < 1 or heads < 1 or width < 4 or width % 4 or width % heads:
-            raise DseError(f"{where}: {prefix}_depth must be >= 1 and {prefix}_width a positive multiple of 4 and "
-                           f"of {prefix}_heads (got depth {depth}, width {width}, heads {heads})")
+        prefix, width, heads = own_dits[t.setup]
+        if width % 4 or width % heads:
+            raise DseError(f"{where}: train.{prefix}_width must be a multiple of 4 and of train.{prefix}_heads "
+                           f"(got width {width}, heads {heads})")
     if t.setup == "ta":
         if t.ta_steps <= 0 and not t.ta_checkpoint:
-            raise DseError(f"{where}: setup ta needs ta_steps > 0 (to train the TA) or a ta_checkpoint to load")
+            raise DseError(f"{where}: setup ta needs train.ta_steps > 0 (to train the TA) or a ta_checkpoint to load")
         lambdas = (t.ta_lambda0, t.ta_lambda1, t.ta_lambda2)
-        if min(lambdas) < 0 or max(lambdas) == 0:
-            raise DseError(f"{where}: ta_lambda0/1/2 must be >= 0 and not all 0 (got {list(lambdas)})")
+        if max(lambdas) == 0:
+            raise DseError(f"{where}: train.ta_lambda0/1/2 must be >= 0 and not all 0 (got {list(lambdas)})")
         if t.ta_feature_loss not in ("lpips", "mse"):
-            raise DseError(f"{where}: ta_feature_loss must be lpips or mse (got {t.ta_feature_loss!r})")
-    if t.setup == "dmd":
-        weights = (t.dmd_regression_weight, t.dmd_weight)
-        if min(weights) < 0 or max(weights) == 0:
-            raise DseError(f"{where}: dmd_regression_weight and dmd_weight must be >= 0 and not both 0 (got {list(weights)})")
-        if t.dmd_fake_lr <= 0:
-            raise DseError(f"{where}: dmd_fake_lr must be positive (got {t.dmd_fake_lr})")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise DseError(f"{where}: ema_decay must be in [0, 1) (got {t.ema_decay})")
-    if not 0.0 <= t.label_dropout < 1.0:
-        raise DseError(f"{where}: label_dropout must be in [0, 1) (got {t.label_dropout})")
+            raise DseError(f"{where}: train.ta_feature_loss must be lpips or mse (got {t.ta_feature_loss!r})")
+    if t.setup == "dmd" and max(t.dmd_regression_weight, t.dmd_weight) == 0:
+        raise DseError(f"{where}: train.dmd_regression_weight and train.dmd_weight must be >= 0 and not both 0")
 
 
 def load_study(path: str | Path) -> StudyConfig:
-    """Read a search-space TOML file into a validated StudyConfig."""
+    """Read a search-space TOML file into a validated StudyConfig (named after the file's stem
+    unless its [study] table names it)."""
     p = Path(path)
     if not p.is_file():
         raise DseError(f"space file not found: {p} (see search_spaces/ for examples)")
@@ -463,10 +587,19 @@ def load_study(path: str | Path) -> StudyConfig:
         data = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DseError(f"{p}: not valid TOML: {exc}") from None
-    cfg = study_from_dict(data, source=str(p))
-    if not cfg.name:
-        cfg = dataclasses.replace(cfg, name=p.stem)
-    return cfg
+    except OSError as exc:
+        raise DseError(f"{p}: cannot read the space file: {exc.strerror}") from None
+    study = data.get("study", {})
+    if isinstance(study, dict) and not study.get("name"):
+        data = {**data, "study": {**study, "name": p.stem}}
+    return study_from_dict(data, source=str(p))
+
+
+def with_paper_widths(cfg: StudyConfig) -> StudyConfig:
+    """`cfg` exploring the paper's widths {2^n, 3*2^n} with the design rule's heads, its other
+    settings kept: what `dse run --budget B` uses without a space file (the demo's three widths
+    suit only the demo's own budget)."""
+    return dataclasses.replace(cfg, space=dataclasses.replace(cfg.space, widths=(), heads="rule"))
 
 
 def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can make (bad budget, bad TOML, missing files)."""
+"""Owns the one exception type for mistakes a user can make (bad budget, bad TOML, missing files) and
+the one-line form of another library's error inside its messages."""
 
 
 class DseError(Exception):
@@ -6,3 +7,16 @@ class DseError(Exception):
 
     The CLI prints it on one line and exits with code 2, without a traceback.
     """
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first sentence` of another library's exception, on one line (torch's messages run to
+    paragraphs), for the reason part of a DseError."""
+    text = first_sentence(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def first_sentence(text: str, most: int = 240) -> str:
+    """The first sentence of `text` on one line, at most `most` characters."""
+    text = " ".join(text.split()).split(". ")[0].rstrip(".")
+    return text if len(text) <= most else text[: most - 3] + "..."

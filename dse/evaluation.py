@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from dse.config import EvalConfig, Geometry, StudentArch
-from dse.errors import DseError
+from dse.device import resolve_device
+from dse.errors import DseError, one_line
+from dse.fileio import check_folder
+from dse.sizing import arch_columns
+from dse.layout import ONNX_FILE, SAMPLES_FILE, STUDENT_FILE  # noqa: F401  (a trial's artifacts, named in layout)
 
 STUDENT_FORMAT = "dse-student-v1"
-STUDENT_FILE = "student.pt"  # in a trial's artifacts folder, next to these two:
-SAMPLES_FILE = "samples.png"
-ONNX_FILE = "student.onnx"
 
 
 def save_student(path: str | Path, model, *, dataset: str, data_root: str = "", trial_id: str = "") -> Path:
@@ -60,8 +62,8 @@ def load_student(path: str | Path):
         arch, geometry = StudentArch(**state["arch"]), Geometry(**state["geometry"])
         model = DiT(arch, geometry, label_dropout=float(state.get("label_dropout", 0.1)))
         model.load_state_dict(state["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise DseError(f"{p}: damaged {STUDENT_FORMAT} checkpoint ({str(exc).splitlines()[0]})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, ArithmeticError, AssertionError, DseError) as exc:
+        raise DseError(f"{p}: damaged {STUDENT_FORMAT} checkpoint ({one_line(exc)})") from None
     meta = {k: state.get(k, "") for k in ("dataset", "data_root", "trial_id")}
     return model.eval(), meta
 
@@ -121,35 +123,58 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Everything measured on one saved student, as a row of the store's columns (`dse eval`).
 
-    The sample grid and the ONNX file go to `out_dir` (default: next to the checkpoint).
+    The sample grid and the ONNX file are written to `out_dir` and nowhere else: without it nothing
+    is written (the ONNX graph is timed from a temporary folder that is removed; `samples_png` and
+    `onnx_path` are None), so a study's artifacts change only when the study runs. Every input (the
+    checkpoint, the data set and whether it can be read, the device, `out_dir`) is checked before
+    anything is written.
     """
     import torch
 
-    from dse.trial import arch_columns, resolve_device
+    from dse.data.datasets import dataset_geometry
 
     model, meta = load_student(path)
     dataset = dataset or meta["dataset"]
     if not dataset:
         raise DseError(f"{path} does not name its data set; give it with --dataset")
-    out = Path(out_dir) if out_dir else Path(path).parent
+    g, m = dataset_geometry(dataset), model.geometry
+    if (g.image_size, g.channels, g.num_classes) != (m.image_size, m.channels, m.num_classes):
+        raise DseError(
+            f"{path} makes {m.image_size}x{m.image_size}x{m.channels} images of {m.num_classes} classes, {dataset} has "
+            f"{g.image_size}x{g.image_size}x{g.channels} images of {g.num_classes}: give the data set it was trained on"
+            + (f" ({meta['dataset']})" if meta["dataset"] else "")
+        )
+    if out_dir is not None:
+        check_folder(out_dir, "--out folder")
     dev = resolve_device(device)
     model = model.to(dev)
     row: dict[str, Any] = {
         "trial_id": meta["trial_id"] or Path(path).stem, "status": "complete", "error": None,
         "dataset": dataset, "checkpoint": str(Path(path).resolve()), **arch_columns(model.arch, model.geometry),
-        "device": str(dev), "torch_version": torch.__version__,
+        "device": str(dev), "torch_version": torch.__version__, "samples_png": None,
     }
-    row["samples_png"] = write_samples(model, out / SAMPLES_FILE, cfg, dev)
+    # quality first: it reads the data set, so a missing one is refused before anything is written
     row.update(measure_quality(model, dataset, cfg, data_root=data_root or meta["data_root"], device=dev))
-    row.update(measure_speed(model, cfg, device=dev, onnx_path=out / ONNX_FILE))
+    if out_dir is not None:
+        row["samples_png"] = write_samples(model, Path(out_dir) / SAMPLES_FILE, cfg, dev)
+        row.update(measure_speed(model, cfg, device=dev, onnx_path=Path(out_dir) / ONNX_FILE))
+        return row
+    with tempfile.TemporaryDirectory(prefix="dse-eval-") as tmp:
+        row.update(measure_speed(model, cfg, device=dev, onnx_path=Path(tmp) / ONNX_FILE))
+    if "onnx_path" in row:
+        row["onnx_path"] = None  # timed, not kept
     return row
 
 
 def export_student(path: str | Path, out: str | Path, *, guidance: float = 1.5) -> dict[str, Any]:
     """`dse export`: the saved student as one ONNX graph (z, y) -> guided image, and its agreement
     with PyTorch (`onnx_max_abs_diff`, onnxruntime on CPU)."""
+    from dse.config import eval_from_dict
     from dse.metrics.export import check_onnx, export_onnx
 
+    eval_from_dict({"guidance": guidance}, source="--guidance")  # finite and >= 0, as in a study
+    if Path(out).is_dir():
+        raise DseError(f"--out {out} is a folder; give the ONNX file to write, e.g. {Path(out) / ONNX_FILE}")
     model, _ = load_student(path)
     info = export_onnx(model, out, guidance=guidance)
     g = model.geometry

@@ -15,6 +15,15 @@ a trial instead of 1.9 s, and the first trial's 4 s of imports once per worker i
   Latency is measured after the search in its own pass, so it cannot steer the sampler.
 - Halving: `HalvingScheduler` stops trials whose partial (params, loss) is dominated at a rung
   (`dse.search.SuccessiveHalving`); the driver writes their rows with status "stopped".
+- Cluster: `prepare_cluster` checks the address (format, a TCP connect and a token probe of the GCS,
+  each within PROBE_TIMEOUT_S), connects, and checks the resources asked against the cluster's nodes,
+  all before a study writes anything; `run_trials` reuses that connection and those resources.
+- Ctrl-C: Tune's own SIGINT handler (which stops the run gracefully and returns as if it had
+  finished) is off, so an interrupted `run_trials` raises KeyboardInterrupt; the trials keep their
+  checkpoints (`last.pt`) and the next run resumes them.
+- Priority: the raylet starts trial workers at `RAY_worker_niceness` (Ray's default: nice 15, so a
+  trial starves beside any other load); a local Ray started here runs them at the driver's own
+  niceness instead (`RAY_worker_niceness` set in the environment wins). Each trial reports its niceness.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import gc
 import logging
 import os
 import random
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -34,17 +44,21 @@ from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports: runs offline
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C raises KeyboardInterrupt (module docstring)
+os.environ.setdefault("RAY_worker_niceness", str(os.nice(0)))  # trials at the driver's priority, not nice 15
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray._raylet import AuthenticationTokenLoader, Config, InnerGcsClient  # noqa: E402 - the token and GCS probes
 from ray.tune.execution.placement_groups import PlacementGroupFactory  # noqa: E402
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 
 from dse import search as dse_search  # noqa: E402
+from dse.config import parse_address  # noqa: E402
 from dse.errors import DseError  # noqa: E402
 from dse.sizing import count_params  # noqa: E402
 from dse.store import ResultsStore, is_null  # noqa: E402
-from dse.trial import TrialSpec, run_trial  # noqa: E402
+from dse.trial import TrialSpec, failure_text, run_trial  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +99,17 @@ def _trainable(config: dict, specs: dict[str, TrialSpec], store_root: str) -> No
     result = run_trial(spec, progress)
     trial_seconds = time.perf_counter() - start
     _release_gpu_memory()  # the actor may run other trials next (reuse_actors); a shared GPU gets it back
-    ResultsStore(store_root).write(result.row)
-    store_seconds = time.perf_counter() - start - trial_seconds
     row = result.row
+    try:
+        ResultsStore(store_root).write(row)
+    except OSError as exc:  # a full or read-only disk: the trial fails saying so (its row cannot be kept)
+        row = {**row, "status": "failed", "error": f"its row could not be stored: {failure_text(exc, store_root)}"}
+    store_seconds = time.perf_counter() - start - trial_seconds
     tune.report({
         "phase": "done", "status": row["status"], "error": row.get("error") or "",
         "params": row.get("params", params), "fid": row.get("fid"), "latency_s": row.get("latency_s"),
         "trial_seconds": trial_seconds, "store_seconds": store_seconds,
+        "nice": os.nice(0),  # the worker's priority (module docstring)
     })
 
 
@@ -100,6 +118,119 @@ def _release_gpu_memory() -> None:
     if torch is not None and torch.cuda.is_initialized():
         gc.collect()
         torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster: address, reachability, token authentication
+# ---------------------------------------------------------------------------------------------
+
+PROBE_TIMEOUT_S = 5.0  # a cluster that does not answer within this is reported, not waited for
+TOKEN_FILE = Path("~") / ".ray" / "auth_token"  # where `ray start` and ray.init keep a node's token
+TOKEN_HELP = ("on this machine set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token> (or RAY_AUTH_TOKEN_PATH=<file>, "
+              "or put the token in ~/.ray/auth_token); `ray get-auth-token` on the head node prints the token")
+
+
+def _client_token() -> tuple[str, str]:
+    """(token, where it came from) as Ray reads it on this machine: $RAY_AUTH_TOKEN, else the file
+    $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token; ("", "") when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or TOKEN_FILE).expanduser()
+    try:
+        return path.read_text().strip(), str(path)
+    except OSError:
+        return "", ""
+
+
+def _probe_gcs(address: str) -> str:
+    """Ask the cluster's GCS for its id as ray.init would (with this process's token settings), its
+    C++ log lines kept off the terminal: "ok", "unauthenticated", or why it did not answer."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        InnerGcsClient.standalone(address, None, int(PROBE_TIMEOUT_S * 1000 / 4))  # it tries about 4 times
+    except ray.exceptions.AuthenticationError:
+        return "unauthenticated"
+    except Exception as exc:  # noqa: BLE001 - any other failure means: not a Ray cluster that answers
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return "ok"
+
+
+def _enable_token_mode() -> None:
+    """Present this machine's token to the cluster, as Ray itself does for a local cluster."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")  # Ray caches its settings and the token: let both see the token mode
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def check_reachable(address: str) -> None:
+    """A DseError within seconds unless the cluster at `address` answers: a TCP connect, then (for a
+    HOST:PORT address) its GCS, which also says whether it wants a token. When it does and this
+    machine has one (`_client_token`) but RAY_AUTH_MODE is unset, token mode is turned on here;
+    without a token, or with one it refuses, the error says what to set."""
+    parsed = parse_address(address)
+    if parsed is None:
+        return
+    scheme, host, port = parsed
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise DseError(f"cannot reach the Ray cluster at {address} ({why}): is `ray start --head --port {port}` "
+                       f"running on {host}, and is the port open from here? Or run without --address for a "
+                       "local Ray") from None
+    if scheme:  # Ray Client speaks its own protocol; ray.init reports its failures
+        return
+    answer = _probe_gcs(f"{host}:{port}")
+    token, source = _client_token()
+    if answer == "unauthenticated" and "RAY_AUTH_MODE" not in os.environ and token:
+        _enable_token_mode()
+        answer = _probe_gcs(f"{host}:{port}")
+    if answer == "unauthenticated":
+        if not token:
+            raise DseError(f"the Ray cluster at {address} uses token authentication and this machine has no token: "
+                           f"{TOKEN_HELP}")
+        raise DseError(f"the Ray cluster at {address} refuses this machine's token (from {source}, RAY_AUTH_MODE="
+                       f"{os.environ.get('RAY_AUTH_MODE', '')}): {TOKEN_HELP}")
+    if answer != "ok":
+        raise DseError(f"cannot reach the Ray cluster at {address}: it does not answer as one ({answer}); give the "
+                       "head's GCS port (`ray start --head --port`, 6379 by default)")
+
+
+def connect(address: str = "") -> None:
+    """Connect this process to Ray unless it already is: the cluster at `address` (or $RAY_ADDRESS),
+    checked first by `check_reachable`, else a local Ray started here."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        check_reachable(address)
+    try:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR, configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise DseError(f"cannot connect to {where}: {str(exc).splitlines()[0]}") from None
+
+
+def prepare_cluster(specs: list[TrialSpec], *, cpus_per_trial: float, gpus_per_trial: float,
+                    address: str = "") -> dict[str, tuple[float, float]]:
+    """Connect to Ray (`connect`) and plan each spec's (CPUs, GPUs) against its nodes (`plan_resources`);
+    a DseError for an unreachable cluster or a request no node can meet. Called before a study
+    writes anything; pass the result to `run_trials`."""
+    connect(address)
+    node_cpus, node_gpus = _node_shape()
+    most_cpus = max([n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")] or [node_cpus])
+    if cpus_per_trial > most_cpus:
+        raise DseError(f"cpus_per_trial {cpus_per_trial:g} but no Ray node has more than {most_cpus:g} CPUs; "
+                       f"use --cpus-per-trial {most_cpus:g} or less (0: every CPU of a node)")
+    return plan_resources(specs, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                          node_cpus=node_cpus, node_gpus=node_gpus)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +270,9 @@ def plan_resources(specs: list[TrialSpec], *, cpus_per_trial: float, gpus_per_tr
     if gpus_per_trial > 0 and node_gpus <= 0:
         raise DseError(f"gpus_per_trial {gpus_per_trial} but the Ray cluster has no GPU; use --gpus-per-trial 0 "
                        "(or -1 to choose automatically)")
+    if gpus_per_trial > node_gpus > 0:
+        raise DseError(f"gpus_per_trial {gpus_per_trial:g} but no Ray node has more than {node_gpus:g} GPUs; "
+                       f"use --gpus-per-trial {node_gpus:g} or less")
     if gpu_bytes is None:
         gpu_bytes = gpu_memory_bytes() if node_gpus > 0 and gpus_per_trial < 0 else 0
     out = {}
@@ -167,11 +301,12 @@ def run_trials(
     specs: list[TrialSpec], store_root: str | Path, *, storage_dir: str | Path, cpus_per_trial: float = 0,
     gpus_per_trial: float = -1, address: str = "", on_event: OnEvent | None = None, search: str = "grid",
     num_samples: int = 0, halving: bool = False, halving_rungs: int = 3, halving_eta: int = 3, seed: int = 0,
-    context: Iterable[TrialSpec] = (),
+    context: Iterable[TrialSpec] = (), resources: dict[str, tuple[float, float]] | None = None,
 ) -> None:
-    """Run the specs as Ray Tune trials and wait for all of them.
+    """Run the specs as Ray Tune trials and wait for all of them; Ctrl-C raises KeyboardInterrupt.
 
-    Ray: a local one (started here unless already running), or the cluster at `address` / $RAY_ADDRESS.
+    Ray: a local one (started here unless already running), or the cluster at `address` / $RAY_ADDRESS;
+    `resources` from `prepare_cluster` (which connected already) are used as they are, else planned here.
     Resources per trial: `gpus_per_trial` (a fraction such as 0.25 packs four trials on a GPU;
     -1 chooses from each candidate's estimated memory, 0 without GPUs) and `cpus_per_trial` (0: the
     CPUs that go with the GPU share, or all of a node's CPUs for a CPU-only trial, so CPU trials run one
@@ -191,14 +326,10 @@ def run_trials(
     if not by_id:
         return
     store = ResultsStore(store_root)
-    if not ray.is_initialized():
-        ray.init(
-            address=address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
-            log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
-        )
-    node_cpus, node_gpus = _node_shape()
-    resources = plan_resources(list(by_id.values()), cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                               node_cpus=node_cpus, node_gpus=node_gpus)
+    if resources is None or not ray.is_initialized():
+        planned = prepare_cluster(list(by_id.values()), cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                                  address=address)
+        resources = planned if resources is None else resources
     for tid, spec in by_id.items():
         if not spec.threads:  # a trial's torch threads = the CPUs Ray gave it
             by_id[tid] = dataclasses.replace(spec, threads=max(1, int(resources[tid][0])))

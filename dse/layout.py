@@ -65,6 +65,22 @@ def is_inside(root: str | Path, path: str | Path) -> bool:
     return p == base or base in p.parents
 
 
+def study_names(results_dir: str | Path = "results") -> list[str]:
+    """The studies under `results_dir`, sorted: the folders with a valid study name, inside it (no
+    link leading out), that hold a study.json or a trials/ folder. The one listing of studies; none
+    when `results_dir` does not exist, a DseError when it is not a folder."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        if root.exists():
+            raise DseError(f"results folder {root} is not a folder; give the folder `dse run` wrote (--results-dir)")
+        return []
+    return sorted(
+        p.name for p in root.iterdir()
+        if _NAME.fullmatch(p.name) and p.is_dir() and is_inside(root, p)
+        and ((p / STUDY_FILE).is_file() or (p / TRIALS_DIR).is_dir())
+    )
+
+
 @dataclass(frozen=True)
 class StudyLayout:
     """The files of study `name` under `results_dir` (and its report under `reports_dir`)."""

@@ -6,9 +6,13 @@ Three parts, each usable on its own:
   keeps per trial its state, step, loss, metrics and ETA, and for the study the counts per state
   and an overall ETA. No terminal needed; a fake clock makes it deterministic in tests.
 - `live_table(board, enabled=...)`: a context manager yielding the `on_event` callable to give to
-  `run_study`. On a terminal it shows a `rich` live table refreshed a few times a second; otherwise
+  `run_study` (its `on_pairs` method takes the teacher-pair progress). On a terminal it shows a
+  `rich` live table refreshed a few times a second, with the pair progress in its title; otherwise
   (logs, CI, `enabled=False`) it prints one plain line per significant event, with train lines
-  throttled to about one per 10% of a trial's steps.
+  throttled to about one per 10% of a trial's steps and pair lines to one per quarter.
+  While the live table is up, everything written to sys.stdout / sys.stderr is printed above it
+  (rich's redirection), and nothing of dse writes to the terminal behind its back: a line written
+  past the table would leave a stale copy of the table's top on screen at every redraw.
 - `summary_lines(...)`: the lines printed at the end (counts, the Pareto points, where the results
   and the report are), from plain inputs.
 
@@ -150,6 +154,7 @@ class TrialBoard:
         self._first_start: float | None = None
         self._created = self.clock()
         self._increments: deque[tuple[float, int]] = deque()  # (time, steps made) of every train event
+        self.pairs: tuple[int, int, float] | None = None  # (done, total, pairs/s) of the teacher pairs
         self.trials = {}
         for tid in self.trial_ids:
             self._add(tid)
@@ -197,6 +202,11 @@ class TrialBoard:
             elif kind in (FAILED, STOPPED):
                 t.error = _first_line(data.get("error")) or ("failed" if kind == FAILED else "stopped")
                 self._finish(t, now, kind)
+
+    def on_pairs(self, done: int, total: int, rate: float) -> None:
+        """Take the progress of the teacher pairs made before the trials start."""
+        with self._lock:
+            self.pairs = (done, total, rate)
 
     def _train(self, t: TrialState, now: float, step: int, loss: Any) -> None:
         if t.state == PENDING:  # a train event without a start (e.g. a missed callback)
@@ -299,6 +309,9 @@ class TrialBoard:
         parts = [f"{n} {s}" for s, n in counts.items() if n]
         eta = self.eta()
         text = ", ".join(parts) or "no trials"
+        if self.pairs is not None and self.pairs[0] < self.pairs[1]:
+            done, total, rate = self.pairs
+            text = f"teacher pairs {done:,}/{total:,} ({rate:,.0f}/s); {text}"
         text += f"; elapsed {format_duration(self.elapsed())}"
         if counts[RUNNING] or counts[PENDING]:
             text += f"; ETA {format_duration(eta)}"
@@ -332,6 +345,7 @@ _STYLE = {"training": "cyan", "starting": "cyan", "evaluating": "cyan", "complet
           "failed": "red", "stopped": "yellow", "stored": "dim", "pending": "dim"}
 
 
+TABLE_CHROME_LINES = 7  # lines of the live table besides its rows (title, borders, header, "+N more", one spare)
 _MIN_WIDTHS = {"state": 8, "step": 7, "loss": 6, "fid": 6, "latency": 8, "eta": 5}
 
 
@@ -365,6 +379,15 @@ class LinePrinter:
     def __init__(self, board: TrialBoard, echo: Callable[[str], None] = print, heartbeat_s: float = 60.0):
         self.board, self.echo, self.heartbeat_s = board, echo, heartbeat_s
         self._last: dict[str, tuple[float, int]] = {}  # trial -> (time, decile) of its last train line
+        self._pairs_quarter = -1  # the quarter of the pairs last printed
+
+    def on_pairs(self, done: int, total: int, rate: float) -> None:
+        """A line per quarter of the teacher pairs made, and one at the end."""
+        self.board.on_pairs(done, total, rate)
+        quarter = 4 * done // max(1, total)
+        if quarter != self._pairs_quarter or done == total:
+            self._pairs_quarter = quarter
+            self.echo(f"teacher pairs: {done}/{total} ({rate:,.0f} pairs/s)")
 
     def __call__(self, trial_id: str, kind: str, data: dict | None = None) -> None:
         data = data or {}
@@ -427,13 +450,15 @@ def _done(board: TrialBoard) -> int:
 @contextlib.contextmanager
 def live_table(board: TrialBoard, *, enabled: bool = True, console=None, echo: Callable[[str], None] | None = None,
                max_rows: int = 20, refresh_per_second: float = 4.0) -> Iterator[OnEvent]:
-    """Show the board while the block runs; yields the `on_event` to hand to `run_study`.
+    """Show the board while the block runs; yields the `on_event` to hand to `run_study`, whose
+    `on_pairs` method takes the teacher-pair progress (`run_study`'s `on_pairs`).
 
     Live (a `rich` table, redrawn `refresh_per_second` times a second, kept on screen at the end)
     when `enabled` and the output is a terminal (`console.is_terminal` if a console is given, else
     `sys.stdout.isatty()`); failures and stops are also printed above it, so they stay in the
-    scrollback. Otherwise every event goes through a `LinePrinter` writing with `echo` (default:
-    print to stdout).
+    scrollback, and so is whatever is written to sys.stdout / sys.stderr meanwhile. The table is
+    never taller than the terminal (rows beyond it are counted in "+N more"). Otherwise every
+    event goes through a `LinePrinter` writing with `echo` (default: print to stdout).
     """
     is_terminal = console.is_terminal if console is not None else sys.stdout.isatty()
     if not (enabled and is_terminal):
@@ -443,6 +468,7 @@ def live_table(board: TrialBoard, *, enabled: bool = True, console=None, echo: C
     from rich.live import Live
 
     console = console or Console()
+    rows = max(1, min(max_rows, console.height - TABLE_CHROME_LINES))
 
     def on_event(trial_id: str, kind: str, data: dict | None = None) -> None:
         board.on_event(trial_id, kind, data)
@@ -451,8 +477,9 @@ def live_table(board: TrialBoard, *, enabled: bool = True, console=None, echo: C
             live.console.print(f"{trial_id} {kind}: {board.trials[trial_id].error}", style=style,
                                markup=False, highlight=False)
 
-    with Live(console=console, get_renderable=lambda: render_table(board, max_rows),
-              refresh_per_second=refresh_per_second, transient=False) as live:
+    on_event.on_pairs = board.on_pairs  # shown in the table's title
+    with Live(console=console, get_renderable=lambda: render_table(board, rows), refresh_per_second=refresh_per_second,
+              transient=False, redirect_stdout=True, redirect_stderr=True) as live:
         yield on_event
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dse.errors import DseError
+from dse.layout import StudyLayout, check_name, study_names
 from dse.store import COLUMN_NAMES, COLUMNS, ResultsStore, damaged_file_error, is_null
 
 if TYPE_CHECKING:
@@ -55,35 +56,26 @@ _USER_ERRORS = ("ParserException", "BinderException", "CatalogException")  # mis
 def _studies_root(results_dir: str | Path) -> Path:
     root = Path(results_dir)
     if not root.is_dir():
+        study_names(root)  # a DseError when it is a file
         raise DseError(f"no results directory {root}/: run `dse run` first, or pass --results-dir")
     return root
-
-
-def known_studies(results_dir: str | Path = "results") -> list[str]:
-    """The study folders of a results directory: those holding a `trials/` folder or a study.json."""
-    from dse.study import STUDY_FILE
-
-    root = Path(results_dir)
-    if not root.is_dir():
-        return []
-    return sorted(
-        p.name for p in root.iterdir() if p.is_dir() and ((p / "trials").is_dir() or (p / STUDY_FILE).is_file())
-    )
 
 
 def _study_dirs(results_dir: str | Path, study: str | None) -> list[str]:
     """The studies to read: all of them, or the one asked for (a DseError when it does not exist)."""
     root = _studies_root(results_dir)
-    known = known_studies(root)
+    known = study_names(root)
     if study is None:
         return known
+    check_name(study)
     if study not in known:
         raise DseError(f"no study {study!r} in {root}/; known studies: {', '.join(known) or 'none'}")
     return [study]
 
 
 def _store(results_dir: str | Path, study: str) -> ResultsStore:
-    return ResultsStore(Path(results_dir) / study / "trials")
+    layout = StudyLayout(Path(results_dir), study)
+    return ResultsStore(layout.trials_dir, layout.claims_dir)
 
 
 # ------------------------------------------------------------------------------------------- query
@@ -118,19 +110,22 @@ def _select_study(study: str, files: list[Path]) -> str:
 
 
 def _damaged_file(files: list[Path], message: str) -> tuple[Path, str] | None:
-    """The file (and why) that DuckDB could not read: the one its message names, else the first whose
-    Parquet footer pyarrow cannot read."""
+    """The file (and why) that DuckDB could not read: the one its message names, else the first that
+    pyarrow (checking page checksums) or DuckDB cannot read through, footer and data pages."""
     for path in files:
         if str(path) in message:
             return path, message.strip().splitlines()[0]
+    import duckdb
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     for path in files:
         try:
-            pq.read_metadata(path)
-        except (pa.ArrowException, OSError) as exc:
-            return path, str(exc)
+            pq.read_table(path, page_checksum_verification=True)
+            with duckdb.connect(":memory:") as con:
+                con.execute("SELECT * FROM read_parquet(?)", [str(path)]).fetchall()
+        except (pa.ArrowException, OSError, duckdb.Error) as exc:
+            return path, _first_line(exc)
     return None
 
 
@@ -231,13 +226,13 @@ def query(sql: str, results_dir: str | Path = "results", study: str | None = Non
             raise _file_error(exc, files, results_dir) from None
         try:
             con.execute(sql)
+            return con.df() if con.description else pd.DataFrame()  # the files are read while fetching
         except duckdb.Error as exc:
             if type(exc).__name__ not in _USER_ERRORS:
                 found = _damaged_file(files, str(exc))  # a file whose data (not footer) is damaged
                 if found:
-                    raise _file_error(exc, files, results_dir) from None
+                    raise damaged_file_error(*found) from None
             raise DseError(f"query failed: {_first_line(exc)} ({_hint(exc)})") from None
-        return con.df() if con.description else pd.DataFrame()
     finally:
         con.close()
 

@@ -1,40 +1,19 @@
-"""Owns budgets and model size: parsing budgets, counting DiT parameters by formula, the paper's
-design rules, and enumerating the architectures that fit a budget (pure Python, no torch).
+"""Owns model size: counting DiT parameters by formula, the paper's design rules, and enumerating
+the architectures that fit a budget (pure Python, no torch). Budgets are parsed by
+`dse.config.parse_budget` (also importable from here).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
+from typing import Any
 
-from dse.config import Geometry, SpaceConfig, StudentArch
+from dse.config import Geometry, SpaceConfig, StudentArch, parse_budget
 from dse.errors import DseError
 
 # DiT's timestep embedder maps a 256-d sinusoidal frequency embedding to the width (DiT models.py).
 FREQUENCY_EMBEDDING_SIZE = 256
-
-_BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*([kKmM]?)\s*$")
-_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000}
-
-
-def parse_budget(budget: str | int | float) -> int:
-    """A parameter budget as an integer: "420k", "0.42M", "5M", "5e6" and 5000000 all work."""
-    if isinstance(budget, bool):
-        raise DseError(f"invalid budget {budget!r}")
-    if isinstance(budget, (int, float)):
-        value = float(budget)
-    else:
-        m = _BUDGET_RE.match(str(budget))
-        if not m:
-            raise DseError(
-                f"invalid budget {budget!r}: use a number of parameters such as 420k, 0.42M, 5M, 5e6 or 5000000"
-            )
-        mantissa, exponent, suffix = m.groups()
-        value = float(mantissa) * 10 ** int(exponent or 0) * _SUFFIX[suffix.lower()]
-    if not math.isfinite(value) or value < 1:
-        raise DseError(f"invalid budget {budget!r}: it must be a positive number of parameters")
-    return int(round(value))
 
 
 def format_count(n: int | float) -> str:
@@ -127,8 +106,18 @@ def enumerate_candidates(space: SpaceConfig, geometry: Geometry) -> list[Candida
     """
     budget = parse_budget(space.budget)
     lo, hi = _band(budget, space.lower, space.upper)
+    widths = _widths(space)
+    if not widths:
+        raise DseError(f"no width of the form 2^n or 3*2^n (a multiple of 4) lies in min_width..max_width = "
+                       f"{space.min_width}..{space.max_width}; widen that range or list the widths")
+    if not isinstance(space.heads, str):
+        unused = [h for h in sorted(set(space.heads)) if not any(h > 0 and w % h == 0 for w in widths)]
+        if unused:
+            raise DseError(f"heads {', '.join(map(str, unused))} {'divides' if len(unused) == 1 else 'divide'} none of "
+                           f"the widths {', '.join(map(str, widths))}; heads must divide the width "
+                           f"(e.g. heads = [{', '.join(map(str, divisors(widths[0])[1:4]))}] for width {widths[0]})")
     found = []
-    for w in _widths(space):
+    for w in widths:
         for d in range(space.min_depth, space.max_depth + 1):
             n = count_params(StudentArch(d, w, 1, space.mlp_ratio), geometry)  # heads do not change the count
             if n > hi:
@@ -138,6 +127,16 @@ def enumerate_candidates(space: SpaceConfig, geometry: Geometry) -> list[Candida
     if not found:
         raise DseError(_no_fit_message(space, geometry, budget))
     return sorted(found, key=lambda c: (c.params, c.arch.width, c.arch.depth, c.arch.heads))
+
+
+def group_heads(candidates: list[Candidate]) -> list[dict]:
+    """One row per (depth, width) with every head count of it: {"depth", "width", "heads": [...],
+    "params"}, in the candidates' order (heads do not change a DiT's parameter count)."""
+    rows: dict[tuple[int, int], dict] = {}
+    for c in candidates:
+        row = rows.setdefault((c.arch.depth, c.arch.width), {**c.to_dict(), "heads": []})
+        row["heads"].append(c.arch.heads)
+    return list(rows.values())
 
 
 def _no_fit_message(space: SpaceConfig, geometry: Geometry, budget: int) -> str:
@@ -200,3 +199,12 @@ def forward_flops(arch: StudentArch, geometry: Geometry) -> int:
     embed = 2 * t * (c * p * p) * w + 2 * (FREQUENCY_EMBEDDING_SIZE * w + w * w)
     final = 2 * t * w * p * p * c + 2 * w * 2 * w
     return arch.depth * block + embed + final
+
+
+def arch_columns(arch: StudentArch, geometry: Geometry) -> dict[str, Any]:
+    """The row's columns that describe the student: geometry, architecture and parameter count."""
+    g, a = geometry, arch
+    return {
+        "image_size": g.image_size, "channels": g.channels, "num_classes": g.num_classes, "patch_size": g.patch_size,
+        "depth": a.depth, "width": a.width, "heads": a.heads, "mlp_ratio": a.mlp_ratio, "params": count_params(a, g),
+    }

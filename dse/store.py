@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import threading
 import time
 import uuid
@@ -18,7 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from dse.errors import DseError
-from dse.fileio import atomic_writer
+from dse.fileio import HOST, atomic_writer, pid_alive
+from dse.layout import CLAIMS_DIR
 
 # The schema of a trial row: (column, pyarrow type name). Declared once; everything else reads it.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -58,7 +58,6 @@ COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 CLAIM_SUFFIX = ".claim"
 CLAIM_TTL_S = 600.0  # a claim from another host not refreshed for this long is stale
 CLAIM_REFRESH_S = 60.0  # how often a holder touches its claims
-HOST = socket.gethostname()
 # "stopped": ended early on purpose (successive halving); like "complete", not run again unless asked
 STATUSES = ("complete", "failed", "stopped")
 
@@ -76,8 +75,9 @@ def is_null(value: Any) -> bool:
 
 
 def damaged_file_error(path: Path, why: object) -> DseError:
-    """The one message for a results file that cannot be read."""
-    return DseError(f"damaged results file {path}: {why}; delete it to run that trial again")
+    """The one message for a results file that cannot be read (on one line: the first of `why`)."""
+    lines = [" ".join(line.split()) for line in str(why).strip().splitlines()]
+    return DseError(f"damaged results file {path}: {(lines or [type(why).__name__])[0]}; delete it to run that trial again")
 
 
 def schema():
@@ -97,7 +97,7 @@ class ResultsStore:
     @property
     def claims_dir(self) -> Path:
         """Where the claims of running trials live: beside the rows (`results/<study>/claims`)."""
-        return self._claims_dir if self._claims_dir is not None else self.root.parent / "claims"
+        return self._claims_dir if self._claims_dir is not None else self.root.parent / CLAIMS_DIR
 
     def path_for(self, trial_id: str) -> Path:
         return self.root / f"{trial_id}.parquet"
@@ -115,7 +115,7 @@ class ResultsStore:
         table = pa.Table.from_pylist([{name: row.get(name) for name in COLUMN_NAMES}], schema=schema())
         path = self.path_for(row["trial_id"])
         with atomic_writer(path) as f:
-            pq.write_table(table, f)
+            pq.write_table(table, f, write_page_checksum=True)  # so that a damaged data page is noticed
         return path
 
     def files(self) -> list[Path]:
@@ -130,7 +130,7 @@ class ResultsStore:
         tables = []
         for path in self.files():
             try:
-                tables.append(pq.read_table(path, schema=schema()))
+                tables.append(pq.read_table(path, schema=schema(), page_checksum_verification=True))
             except (pa.ArrowException, OSError) as exc:
                 raise damaged_file_error(path, exc) from None
         table = pa.concat_tables(tables) if tables else schema().empty_table()
@@ -190,18 +190,6 @@ def _proc_start(pid: int) -> int | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 @dataclass(frozen=True)
 class Claim:
     """One claim file as read back; `host` is "" for a file that is not (yet) valid JSON."""
@@ -225,7 +213,7 @@ class Claim:
 
     def is_live(self, ttl: float = CLAIM_TTL_S) -> bool:
         if self.host == HOST:  # ours, or another process here: live while that process runs
-            if not _pid_alive(self.pid):
+            if not pid_alive(self.pid):
                 return False
             now = _proc_start(self.pid)
             return self.proc_start is None or now is None or now == self.proc_start

@@ -1,26 +1,30 @@
 """Owns a study end to end: resolve the candidates of a space, make sure the teacher pairs exist,
 run the trials that are not yet complete through the executor, and write the Pareto report.
 
-Everything a user can get wrong (space file, budget, band) is checked before anything is written.
+Everything a user can get wrong (space file, budget, band, study name, device, folders, teacher
+pairs, data set, cluster) is checked before anything is written (`preflight`). A study is the folder
+`<results_dir>/<name>` (dse.layout): reading one back takes its name and folders from where it is,
+never from what its study.json says.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dse.config import Geometry, StudyConfig, study_from_dict, with_overrides
+from dse.config import Geometry, StudyConfig, dataset_geometry, parse_address, study_from_dict
 from dse.errors import DseError
-from dse.fileio import atomic_write
+from dse.fileio import atomic_write, check_folder
+from dse.layout import ARTIFACTS_DIR, LAST_CHECKPOINT, StudyLayout, check_name, study_names
 from dse.sizing import Candidate, enumerate_candidates, parse_budget, propose
 from dse.store import ResultsStore, is_null
 from dse.trial import TrialSpec
 
 OnEvent = Callable[[str, str, dict], None]
-STUDY_FILE = "study.json"  # the resolved config of a study, saved in its directory
 
 
 @dataclass(frozen=True)
@@ -34,16 +38,21 @@ class StudyPlan:
     specs: list[TrialSpec]
 
     @property
+    def layout(self) -> StudyLayout:
+        r = self.config.run
+        return StudyLayout(Path(r.results_dir), self.config.name, Path(r.reports_dir))
+
+    @property
     def study_dir(self) -> Path:
-        return Path(self.config.run.results_dir) / self.config.name
+        return self.layout.study_dir
 
     @property
     def store(self) -> ResultsStore:
-        return ResultsStore(self.study_dir / "trials")
+        return ResultsStore(self.layout.trials_dir, self.layout.claims_dir)
 
     @property
     def report_path(self) -> Path:
-        return Path(self.config.run.reports_dir) / f"{self.config.name}.html"
+        return self.layout.report_path
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,8 @@ class StudyOutcome:
 
 
 def geometry_of(cfg: StudyConfig) -> Geometry:
-    from dse.data.datasets import dataset_geometry
-
+    """The study's image geometry; a DseError naming the patch sizes that work when patch_size does
+    not divide the image."""
     return dataset_geometry(cfg.dataset, cfg.patch_size)
 
 
@@ -79,6 +88,7 @@ def plan_study(cfg: StudyConfig) -> StudyPlan:
     candidates = enumerate_candidates(cfg.space, geometry)
     proposal = design_rule(cfg, geometry)
     budget = parse_budget(cfg.space.budget)
+    layout = StudyLayout(Path(cfg.run.results_dir), cfg.name, Path(cfg.run.reports_dir))  # refuses an unsafe name
     specs = []
     for cand in candidates:
         for variant, train in cfg.trainings():
@@ -88,7 +98,7 @@ def plan_study(cfg: StudyConfig) -> StudyPlan:
                 proposed=proposal is not None and cand.arch == proposal.arch, device=cfg.run.device,
                 variant=variant, data_root=cfg.data_root, defer_latency=True,
             )
-            artifacts = (Path(cfg.run.results_dir) / cfg.name / "artifacts" / spec.trial_id).resolve()
+            artifacts = layout.artifacts_dir(spec.trial_id).resolve()
             specs.append(dataclasses.replace(spec, artifacts_dir=str(artifacts)))
     return StudyPlan(cfg, geometry, candidates, proposal, specs)
 
@@ -111,6 +121,43 @@ def ensure_pairs(cfg: StudyConfig, progress: Callable[[int, int, float], None] |
     )
 
 
+def preflight(cfg: StudyConfig) -> StudyPlan:
+    """The plan of the study, after checking without writing anything what `run_study` could
+    otherwise only find out after it has written: the plan itself (name, candidates), the device,
+    the results, study and reports folders (folders, writable), the teacher pairs (a given store
+    opens and verifies; for pairs still to be made, the folder can be made and the data set loads)
+    and the data set split FID is measured against. A DseError names what is wrong. The cluster is
+    checked by `run_study` (it connects), only when there are trials to run."""
+    from dse.data.datasets import load_dataset
+    from dse.data.pairs import PairStore
+    from dse.device import resolve_device
+
+    plan = plan_study(cfg)
+    r = cfg.run
+    address = r.address or os.environ.get("RAY_ADDRESS", "")
+    if address:  # a malformed or unreachable address is refused within seconds, before anything else
+        parse_address(address)
+        from dse.executor import check_reachable  # imports ray: only for a cluster
+
+        check_reachable(address)
+    resolve_device(r.device)  # the latency pass runs in this process, on this device
+    check_folder(r.results_dir, "results folder")
+    check_folder(plan.study_dir, "study folder")
+    check_folder(r.reports_dir, "reports folder")
+    splits = set()
+    if cfg.teacher.kind != "store":
+        check_folder(cfg.pairs_dir(), "pair store")
+        if cfg.teacher.kind == "empirical":
+            splits.add("train")  # what the empirical teacher denoises towards
+    if not address:  # on a cluster, the trials measure FID on its nodes, with their data
+        splits.add(cfg.eval.reference)
+    for split in sorted(splits):
+        load_dataset(cfg.dataset, cfg.data_root or None, split=split)
+    if cfg.teacher.kind == "store":  # last: opening verifies it, and remembers the checksums inside it
+        PairStore.open(cfg.pairs_dir())
+    return plan
+
+
 def trials_to_run(specs: list[TrialSpec], statuses: dict[str, str], retry_failed: bool = False) -> list[TrialSpec]:
     """The specs a run of the study trains: those with no row, and with `retry_failed` also those
     whose row says failed or stopped. Complete ones never run again; an interrupted one (no row)
@@ -125,25 +172,28 @@ def run_study(
 ) -> StudyOutcome:
     """Run every trial of the study that is not done in its store (see `trials_to_run`) and that no
     other live process has claimed, then measure latencies and write the report."""
-    from dse.executor import run_trials
+    from dse.executor import prepare_cluster, run_trials
 
-    plan = plan_study(cfg)
-    atomic_write(plan.study_dir / STUDY_FILE, cfg.to_json())
-    ensure_pairs(cfg, on_pairs)
-    store, retry = plan.store, cfg.run.retry_failed
+    plan = preflight(cfg)
+    store, retry, r = plan.store, cfg.run.retry_failed, cfg.run
     todo = trials_to_run(plan.specs, store.statuses(), retry)
+    resources = None
+    if todo:  # connects to Ray (a short timeout for an address) and checks the request against its nodes
+        resources = prepare_cluster(todo, cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial,
+                                    address=r.address)
+    atomic_write(plan.layout.study_file, cfg.to_json())
+    ensure_pairs(cfg, on_pairs)
     with store.claim([s.trial_id for s in todo]) as claims:
         # a trial another process finished between the read above and our claim is not run again
         mine = [s for s in todo if s.trial_id in claims]
         mine = trials_to_run(mine, store.statuses(s.trial_id for s in mine), retry)
         claims.release(set(claims.got) - {s.trial_id for s in mine})
-        r = cfg.run
         run_trials(
             mine, store.root, storage_dir=plan.study_dir, cpus_per_trial=r.cpus_per_trial,
             gpus_per_trial=r.gpus_per_trial, address=r.address, on_event=_releasing(claims, on_event),
             search=r.search, num_samples=r.num_samples, halving=r.halving, halving_rungs=r.halving_rungs,
             halving_eta=r.halving_eta, seed=cfg.train.seed,
-            context=[s for s in plan.specs if s.trial_id not in {m.trial_id for m in mine}],
+            context=[s for s in plan.specs if s.trial_id not in {m.trial_id for m in mine}], resources=resources,
         )
     measure_latency_pass(plan, on_event)
     return _finish(plan, skipped=len(plan.specs) - len(mine) - len(claims.busy), elsewhere=len(claims.busy))
@@ -204,20 +254,38 @@ def _finish(plan: StudyPlan, skipped: int, elsewhere: int = 0) -> StudyOutcome:
     )
 
 
-def load_study_dir(name: str, results_dir: str = "results") -> StudyConfig:
-    """The resolved config that `dse run` saved for study `name`."""
-    path = Path(results_dir) / name / STUDY_FILE
+def load_study_dir(name: str, results_dir: str | Path = "results", reports_dir: str | Path = "reports") -> StudyConfig:
+    """The config `dse run` saved in the folder `results_dir/name`, as the study of that folder: its
+    name is the folder's and its results and reports folders are those given, never the ones saved
+    in the file (so a copied study reads its own store and writes its own report). A missing study,
+    or a study.json that is not JSON, not an object or not a valid config, is a DseError naming it."""
+    layout = StudyLayout(Path(results_dir), check_name(name), Path(reports_dir))
+    path = layout.study_file
     if not path.is_file():
+        if layout.study_dir.is_dir():
+            raise DseError(f"study {name!r}: {path} is missing, so its configuration is unknown; run the study "
+                           "with `dse run` to write it")
         known = ", ".join(study_names(results_dir)) or "none"
         raise DseError(f"no study {name!r} in {results_dir}/ (looked for {path}); known studies: {known}")
-    return study_from_dict(json.loads(path.read_text()), source=str(path))
+    fix = "fix it, or delete the study folder and run the study again"
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise DseError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k, {}), dict) for k in ("study", "run")):
+        raise DseError(f"{path} is not a study configuration (a JSON object with [study] and [run] objects); {fix}")
+    here = {"results_dir": str(results_dir), "reports_dir": str(reports_dir)}
+    data = {**data, "study": {**data.get("study", {}), "name": name}, "run": {**data.get("run", {}), **here}}
+    try:
+        return study_from_dict(data, source=str(path))
+    except (TypeError, ValueError, AttributeError) as exc:  # a value of a type no config has
+        raise DseError(f"{path} is not a valid study configuration ({exc}); {fix}") from None
 
 
-def report_study(name: str, results_dir: str = "results", reports_dir: str | None = None) -> Path:
-    """Re-render the report of an existing study."""
-    cfg = load_study_dir(name, results_dir)
-    if reports_dir:
-        cfg = with_overrides(cfg, run={"reports_dir": reports_dir})
+def report_study(name: str, results_dir: str | Path = "results", reports_dir: str | Path = "reports") -> Path:
+    """Re-render the report of the study in the folder `results_dir/name` as `reports_dir/name.html`."""
+    cfg = load_study_dir(name, results_dir, reports_dir)
+    check_folder(reports_dir, "reports folder")
     return write_study_report(plan_study(cfg))
 
 
@@ -239,9 +307,7 @@ def study_status(name: str, results_dir: str | Path = "results") -> dict:
     """Where study `name` stands: counts and ids of its trials that are done (row complete), running
     (a live claim), failed, stopped, and pending (planned in its study.json, no row and no live
     claim; `resumable`: those of them with a checkpoint to resume from). Reads files only."""
-    cfg = load_study_dir(name, str(results_dir))
-    # plan with the results folder the study was found in, as `dse run` planned it from its own
-    cfg = with_overrides(cfg, run={"results_dir": str(results_dir)})
+    cfg = load_study_dir(name, results_dir)  # planned in the folder it was found in, as `dse run` did from its own
     plan = plan_study(cfg)
     store = plan.store
     df = store.read()
@@ -263,11 +329,11 @@ def study_status(name: str, results_dir: str | Path = "results") -> dict:
             out["stopped"].append(tid)
         else:
             out["pending"].append(tid)
-    artifacts = plan.study_dir / "artifacts"
+    artifacts = plan.study_dir / ARTIFACTS_DIR
     return {
         "study": name, "dir": str(plan.study_dir), "dataset": cfg.dataset, "budget": cfg.space.budget,
         "total": len(ids), "counts": {k: len(out[k]) for k in STATUS_KINDS}, **out,
-        "resumable": [t for t in out["pending"] if (artifacts / t / "last.pt").is_file()],
+        "resumable": [t for t in out["pending"] if (artifacts / t / LAST_CHECKPOINT).is_file()],
     }
 
 
@@ -283,11 +349,13 @@ def _row_after(row: dict | None, started_at: str) -> bool:
         return False
 
 
-def study_names(results_dir: str | Path = "results") -> list[str]:
-    """The studies `dse run` saved under `results_dir` (folders with a study.json), sorted."""
-    return sorted(p.parent.name for p in Path(results_dir).glob(f"*/{STUDY_FILE}"))
-
-
 def studies_status(results_dir: str | Path = "results") -> list[dict]:
-    """`study_status` of every study under `results_dir` (those with a study.json), by name."""
-    return [study_status(n, results_dir) for n in study_names(results_dir)]
+    """`study_status` of every study under `results_dir` (`layout.study_names`), by name; one that
+    cannot be read is {"study": name, "error": why}, and the others are still read."""
+    out = []
+    for name in study_names(results_dir):
+        try:
+            out.append(study_status(name, results_dir))
+        except DseError as exc:
+            out.append({"study": name, "error": str(exc)})
+    return out

@@ -5,9 +5,11 @@ image quality, latency and size -> one store row. A plain function of a frozen s
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import platform
+import shutil
 import socket
 import subprocess
 import time
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dse.config import EvalConfig, Geometry, StudentArch, TrainConfig
+from dse.device import resolve_device
+from dse.sizing import arch_columns
 
 
 @dataclass(frozen=True)
@@ -79,17 +83,6 @@ def git_sha() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def arch_columns(arch: StudentArch, geometry: Geometry) -> dict[str, Any]:
-    """The row's columns that describe the student: geometry, architecture and parameter count."""
-    from dse.sizing import count_params
-
-    g, a = geometry, arch
-    return {
-        "image_size": g.image_size, "channels": g.channels, "num_classes": g.num_classes, "patch_size": g.patch_size,
-        "depth": a.depth, "width": a.width, "heads": a.heads, "mlp_ratio": a.mlp_ratio, "params": count_params(a, g),
-    }
-
-
 def base_row(spec: TrialSpec) -> dict[str, Any]:
     import dse
 
@@ -116,19 +109,46 @@ def run_trial(spec: TrialSpec, progress: Callable[[str, dict], None] | None = No
         row["status"], row["error"] = "complete", None
     except Exception as exc:  # noqa: BLE001 - any failure of one trial is recorded, not propagated
         row["status"] = "failed"
-        row["error"] = f"{type(exc).__name__}: {exc}"
+        row["error"] = failure_text(exc, spec.artifacts_dir)
         if progress:
             progress("failed", {"error": row["error"], "traceback": traceback.format_exc()})
     row["finished_at"] = _now()
     return TrialResult(row)
 
 
-def resolve_device(name: str):
-    import torch
+# OS errors that say the machine, not the candidate, failed a trial: errno -> what the row says.
+MACHINE_ERRORS = {
+    errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.ENOTDIR: "not a folder",
+    errno.EIO: "input/output error",
+}
+# How torch.save says that a write came up short (a full disk), without naming the file or the disk.
+TORCH_WRITE_FAILED = ("inline_container.cc", "file write failed", "unexpected pos")
+LOW_DISK_BYTES = 64 * 2**20  # less free space than this after a failed write: the disk is full
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+
+def failure_text(exc: BaseException, folder: str | Path = "") -> str:
+    """A failed trial's error: the machine's reason with the path when `exc` (or its cause) is an OS
+    failure from `MACHINE_ERRORS`, or torch's short-write error while the disk of `folder` (the trial's
+    artifacts) is full ("no space left on device while writing <path>"); else "<type>: <message>"."""
+    seen = exc
+    for _ in range(8):  # the exception and the ones it was raised from
+        if isinstance(seen, OSError) and seen.errno in MACHINE_ERRORS:
+            return f"{MACHINE_ERRORS[seen.errno]} while writing {seen.filename or folder or 'a file'}"
+        seen = seen.__cause__ or seen.__context__
+        if seen is None:
+            break
+    message = str(exc).strip()
+    text = f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}"  # torch's first line
+    if isinstance(exc, RuntimeError) and folder and any(s in str(exc) for s in TORCH_WRITE_FAILED):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return f"writing {folder} failed ({text})"
+        if free < LOW_DISK_BYTES:
+            return f"no space left on device while writing {folder} ({free // 2**10} KiB free; {text})"
+        return f"writing {folder} failed with {free // 2**20} MiB free ({text})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | None) -> dict[str, Any]:

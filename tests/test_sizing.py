@@ -18,10 +18,15 @@ def test_parse_budget_accepts_the_documented_forms(text, expected):
     assert parse_budget(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["5X", "", "M", "-5M", "0", "five", "5MM", "1e", True, float("nan")])
+@pytest.mark.parametrize("bad", ["5X", "", "M", "-5M", "0", "five", "5MM", "1e", True, float("nan"), float("inf"),
+                                 "inf", "nan", "1e400", "1e400M", "0.1", -5, float("-inf")])
 def test_parse_budget_rejects_anything_else(bad):
-    with pytest.raises(DseError):
+    with pytest.raises(DseError, match="invalid budget"):
         parse_budget(bad)
+
+
+def test_parse_budget_takes_huge_integers_without_overflow():
+    assert parse_budget(10**400) == 10**400  # no architecture will fit it, but that is enumerate's message
 
 
 def test_count_params_equals_the_module_on_random_architectures():
@@ -78,9 +83,35 @@ def test_enumerate_holds_exactly_the_band_and_divisor_heads():
 
 
 def test_enumerate_respects_listed_widths_heads_and_band():
-    space = SpaceConfig(budget="0.42M", widths=(64,), heads=(4, 8, 5), lower=0.99, upper=1.01)
-    cands = enumerate_candidates(space, CIFAR)
-    assert [(c.arch.depth, c.arch.width, c.arch.heads) for c in cands] == [(5, 64, 4), (5, 64, 8)]
+    space = SpaceConfig(budget="0.42M", widths=(64, 96), heads=(4, 8, 12), lower=0.97, upper=1.01)
+    cands = enumerate_candidates(space, CIFAR)  # 12 divides 96, not 64
+    assert [(c.arch.depth, c.arch.width, c.arch.heads) for c in cands] == [
+        (2, 96, 4), (2, 96, 8), (2, 96, 12), (5, 64, 4), (5, 64, 8)]
+
+
+@pytest.mark.parametrize("widths, heads, named", [((32,), (5,), "heads 5 divides none of the widths 32"),
+                                                  ((64,), (4, 8, 5), "heads 5 divides none of the widths 64"),
+                                                  ((32, 48), (5, 7, 16), "heads 5, 7 divide none of the widths 32, 48")])
+def test_heads_that_divide_no_width_are_named_not_reported_as_a_range(widths, heads, named):
+    with pytest.raises(DseError) as err:
+        enumerate_candidates(SpaceConfig(budget="200k", widths=widths, heads=heads), Geometry(8, 1, 10))
+    assert named in str(err.value) and "heads must divide the width" in str(err.value)
+    assert "no architecture fits" not in str(err.value)
+
+
+def test_a_width_range_without_a_paper_width_is_a_clear_error():
+    with pytest.raises(DseError, match="no width of the form 2\\^n or 3\\*2\\^n"):
+        enumerate_candidates(SpaceConfig(budget="200k", min_width=65, max_width=95), CIFAR)
+
+
+def test_group_heads_gives_one_row_per_depth_and_width():
+    from dse.sizing import group_heads
+
+    cands = enumerate_candidates(SpaceConfig(budget="0.42M", widths=(64, 96), heads=(4, 8, 12), lower=0.97, upper=1.01), CIFAR)
+    assert group_heads(cands) == [
+        {"depth": 2, "width": 96, "heads": [4, 8, 12], "params": 415_308},
+        {"depth": 5, "width": 64, "heads": [4, 8], "params": 421_068},
+    ]
 
 
 def test_hard_cap_excludes_models_over_the_budget():

@@ -1,5 +1,6 @@
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -48,6 +49,35 @@ def test_a_damaged_file_is_reported_by_name(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(DseError, match="broken.parquet"):
         store.read()
+
+
+def damage_data_page(path, column: str = "error") -> None:
+    """Flip 16 bytes in the middle of `column`'s values in the Parquet file `path` (not in a page header, whose
+    statistics a reader skips, nor in the footer)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path).row_group(0)
+    chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == column)
+    if chunk.dictionary_page_offset:  # the value itself is in the dictionary page, before the data page
+        middle = (chunk.dictionary_page_offset + chunk.data_page_offset) // 2
+    else:
+        middle = chunk.data_page_offset + chunk.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    path.write_bytes(bytes(data))
+
+
+LONG_TEXT = "".join(random.Random(0).choices("abcdefghij", k=4000))  # a long text cell: a big data page
+
+
+def test_a_file_whose_data_page_is_damaged_is_one_line_naming_it(tmp_path):
+    store = ResultsStore(tmp_path / "trials")
+    for tid in ("a", "b", "c"):
+        store.write(_row(tid, error=LONG_TEXT))
+    damage_data_page(store.path_for("b"))
+    with pytest.raises(DseError) as err:
+        store.read()
+    assert str(err.value).startswith(f"damaged results file {store.path_for('b')}: ") and "\n" not in str(err.value)
 
 
 # --- claims: one process per trial -------------------------------------------------------------

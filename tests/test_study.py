@@ -3,6 +3,7 @@ status of a study, with a fake executor and hand-made rows and claims."""
 
 import json
 import os
+import subprocess
 import sys
 import time
 import tomllib
@@ -13,6 +14,7 @@ import pytest
 from dse import study as study_mod
 from dse.config import study_from_dict, with_overrides
 from dse.errors import DseError
+from dse.layout import STUDY_FILE
 from dse.store import HOST, ResultsStore
 
 SPACE = """
@@ -57,7 +59,10 @@ def executor(monkeypatch):
                 on_event(s.trial_id, "complete", {"params": 1000})
             assert not (store.claims_dir / f"{s.trial_id}.claim").exists()  # released as soon as stored
 
-    monkeypatch.setitem(sys.modules, "dse.executor", types.SimpleNamespace(run_trials=run_trials))
+    def prepare_cluster(specs, *, cpus_per_trial, gpus_per_trial, address):
+        assert specs  # only called when there are trials to run
+
+    monkeypatch.setitem(sys.modules, "dse.executor", types.SimpleNamespace(run_trials=run_trials, prepare_cluster=prepare_cluster))
     monkeypatch.setattr(study_mod, "ensure_pairs", lambda cfg, progress=None: cfg.pairs_dir())
     return calls
 
@@ -108,8 +113,8 @@ def test_a_second_run_trains_nothing_and_a_failed_trial_only_with_retry_failed(c
 def test_an_interrupted_trial_runs_again_and_its_checkpoint_is_kept(cfg, executor):
     ids = _ids(cfg)
     plan = study_mod.plan_study(cfg)
-    (plan.study_dir / study_mod.STUDY_FILE).parent.mkdir(parents=True)
-    (plan.study_dir / study_mod.STUDY_FILE).write_text(cfg.to_json())  # as the killed run saved it
+    (plan.study_dir / STUDY_FILE).parent.mkdir(parents=True)
+    (plan.study_dir / STUDY_FILE).write_text(cfg.to_json())  # as the killed run saved it
     for i in range(2):
         plan.store.write(_row(cfg, i, started_at="before"))
     ckpt = plan.study_dir / "artifacts" / ids[2] / "last.pt"  # killed mid-training: a checkpoint, a stale claim
@@ -163,7 +168,7 @@ def test_status_counts_done_running_failed_stopped_pending(cfg, tmp_path):
     assert study_mod.studies_status(results) == []
     plan = study_mod.plan_study(cfg)
     (plan.study_dir).mkdir(parents=True)
-    (plan.study_dir / study_mod.STUDY_FILE).write_text(cfg.to_json())
+    (plan.study_dir / STUDY_FILE).write_text(cfg.to_json())
     store = plan.store
     store.write({"trial_id": ids[0], "status": "complete"})
     store.write({"trial_id": ids[1], "status": "failed", "error": "ValueError: bad\nmore lines"})
@@ -187,7 +192,7 @@ def test_status_from_another_directory_plans_the_same_trial_ids(cfg, tmp_path, m
     monkeypatch.chdir(tmp_path)
     plan = study_mod.plan_study(rel)
     plan.study_dir.mkdir(parents=True)
-    (plan.study_dir / study_mod.STUDY_FILE).write_text(rel.to_json())
+    (plan.study_dir / STUDY_FILE).write_text(rel.to_json())
     plan.store.write({"trial_id": plan.specs[0].trial_id, "status": "complete"})
     monkeypatch.chdir(tmp_path.parent)
     s = study_mod.study_status("tiny", tmp_path / "results")
@@ -230,3 +235,219 @@ def test_dse_status_prints_one_screen_and_unknown_studies_are_one_line(cfg, exec
         main(["status", "nope", "--results-dir", results])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "no study 'nope'" in err
+
+
+# --- nothing escapes its folder; nothing is written before a refusal ---------------------------
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("name", ["../x", "..", "/abs", "a/b"])
+def test_the_library_refuses_a_study_name_that_is_not_one_folder(cfg, tmp_path, name):
+    import dataclasses
+
+    bad = dataclasses.replace(cfg, name=name)  # as a library caller could build it, past config validation
+    for call in (study_mod.plan_study, study_mod.preflight):
+        with pytest.raises(DseError, match="is not allowed"):
+            call(bad)
+    for call in (study_mod.study_status, study_mod.load_study_dir, study_mod.report_study):
+        with pytest.raises(DseError, match="is not allowed"):
+            call(name, cfg.run.results_dir)
+    assert _files(tmp_path) == []
+
+
+def _refuse_the_cluster(monkeypatch):
+    def prepare_cluster(specs, **kw):
+        raise DseError("cannot reach the Ray cluster at 127.0.0.1:1")
+
+    monkeypatch.setattr(sys.modules["dse.executor"], "prepare_cluster", prepare_cluster)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c, t, m: with_overrides(c, teacher={"kind": "store", "pairs_dir": str(t / "no-pairs")}), "no-pairs"),
+    (lambda c, t, m: with_overrides(c, data={"dataset": "fashion-mnist", "root": str(t / "no-data")}), "fashion"),
+    (lambda c, t, m: (t / "a-file").write_text("x") and with_overrides(c, run={"results_dir": str(t / "a-file")}),
+     r"a-file is not a folder"),
+    (lambda c, t, m: (t / "a-file").write_text("x") and with_overrides(c, run={"reports_dir": str(t / "a-file" / "r")}),
+     r"reports folder .* is not a folder"),
+    (lambda c, t, m: _refuse_the_cluster(m) or c, "cannot reach the Ray cluster"),
+])
+def test_everything_that_can_be_refused_is_refused_before_anything_is_written(cfg, executor, tmp_path, monkeypatch, change, match):
+    bad = change(cfg, tmp_path, monkeypatch)
+    before = _files(tmp_path)
+    with pytest.raises(DseError, match=match):
+        study_mod.run_study(bad)
+    assert _files(tmp_path) == before and executor == []  # no study.json, claims, pairs or report
+
+
+def test_a_cuda_device_this_machine_lacks_is_refused_before_anything_is_written(cfg, executor, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(DseError, match="no CUDA GPU"):
+        study_mod.run_study(with_overrides(cfg, run={"device": "cuda"}))
+    assert _files(tmp_path) == []
+
+
+def test_a_read_only_results_folder_is_refused_before_anything_is_written(cfg, executor, tmp_path):
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir(), ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        with pytest.raises(DseError, match=r"results folder .* cannot be written: .*\(read-only file system\)"):
+            study_mod.run_study(with_overrides(cfg, run={"results_dir": str(ro / "results")}))
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+    assert _files(src) == [] and executor == []
+
+
+def test_a_copied_study_reads_its_own_store_and_writes_its_own_report(cfg, executor, tmp_path):
+    import shutil
+
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    study_mod.run_study(cfg)
+    original = (reports / "tiny.html").read_bytes()
+    shutil.copytree(results / "tiny", results / "copy")
+    saved = json.loads((results / "copy" / STUDY_FILE).read_text())
+    saved["run"]["reports_dir"] = str(tmp_path / "saved-reports")  # dirs saved in study.json are not used
+    (results / "copy" / STUDY_FILE).write_text(json.dumps(saved))
+    ResultsStore(results / "copy" / "trials").write(_row(cfg, 0, "failed", error="only in the copy"))
+
+    path = study_mod.report_study("copy", results, reports)
+    assert path == reports / "copy.html" and "dse study copy" in path.read_text()
+    assert (reports / "tiny.html").read_bytes() == original and not (tmp_path / "saved-reports").exists()
+    copy, orig = study_mod.study_status("copy", results), study_mod.study_status("tiny", results)
+    assert copy["study"] == "copy" and copy["dir"] == str(results / "copy")
+    assert (copy["counts"]["failed"], orig["counts"]["failed"]) == (1, 0)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"{not json", "is not valid JSON"),
+    (b"\xff\xfe\x00", "is not valid JSON"),
+    (b"[1, 2]", "is not a study configuration"),
+    (b'{"run": 5}', "is not a study configuration"),
+    (b'{"space": {"budget": "zzz"}}', "budget"),
+])
+def test_a_broken_study_json_is_one_line_naming_it_and_the_other_studies_still_answer(cfg, executor, tmp_path, content, match):
+    results = tmp_path / "results"
+    study_mod.run_study(cfg)
+    (results / "broken").mkdir()
+    (results / "broken" / STUDY_FILE).write_bytes(content)
+    with pytest.raises(DseError, match=match) as err:
+        study_mod.study_status("broken", results)
+    assert str(results / "broken" / STUDY_FILE) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(DseError, match=match):
+        study_mod.report_study("broken", results, tmp_path / "reports")
+    every = study_mod.studies_status(results)
+    assert [s["study"] for s in every] == ["broken", "tiny"]
+    assert match in every[0]["error"] or "budget" in every[0]["error"]
+    assert every[1]["counts"]["done"] == 4
+
+
+# --- the same through the `dse` command, as a user types it -------------------------------------
+
+
+def _dse(*args):
+    from tests.test_cli import dse
+
+    return dse(*args, timeout=300)
+
+
+def _one_line_error(out) -> str:
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out.stderr, out.stderr
+    return lines[0]
+
+
+TINY = ["--set", "train.steps=2", "--set", "eval.num_samples=20", "--set", "eval.latency_num_images=8",
+        "--set", "eval.latency_batch=4", "--set", "eval.latency_repeats=1", "--set", "eval.onnx=false",
+        "--set", "teacher.num_pairs=64", "--set", "teacher.num_steps=2", "--no-live"]
+
+
+@pytest.mark.parametrize("name", ["../x", "..", "/abs/x", "a/b"])
+def test_dse_run_refuses_a_study_name_that_leads_out_writing_nothing(tmp_path, name):
+    work = tmp_path / "work"
+    work.mkdir()
+    out = _dse("run", "--study", name, "--results-dir", str(work / "R"), "--reports-dir", str(work / "P"), *TINY)
+    assert "not allowed" in _one_line_error(out)
+    assert _files(tmp_path) == ["work"] and not os.path.exists("/abs")
+
+
+@pytest.mark.parametrize("setting, match", [
+    (lambda t: ["--set", "teacher.kind=store", "--set", f"teacher.pairs_dir={t / 'no-pairs'}"], "no-pairs"),
+    (lambda t: (t / "a-file").write_text("x") and ["--results-dir", str(t / "a-file")], "a-file is not a folder"),
+])
+def test_dse_run_refuses_before_writing_study_json(tmp_path, setting, match):
+    args = setting(tmp_path)
+    before = _files(tmp_path)
+    results = [] if "--results-dir" in args else ["--results-dir", str(tmp_path / "R")]
+    out = _dse("run", *args, *results, "--reports-dir", str(tmp_path / "P"), *TINY)
+    assert match in _one_line_error(out)
+    assert _files(tmp_path) == before
+
+
+def _hand_made_study(cfg, name="tiny"):
+    """A study folder as `dse run` leaves it: its study.json and a complete row per planned trial."""
+    plan = study_mod.plan_study(cfg)
+    plan.study_dir.mkdir(parents=True)
+    (plan.study_dir / STUDY_FILE).write_text(cfg.to_json())
+    for i in range(len(plan.specs)):
+        plan.store.write(_row(cfg, i, fid=10.0 + i))
+    return plan
+
+
+def test_dse_report_and_status_of_a_copied_study_use_its_folder(cfg, tmp_path):
+    import shutil
+
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    _hand_made_study(cfg)
+    shutil.copytree(results / "tiny", results / "copy")
+    out = _dse("report", "copy", "--results-dir", str(results), "--reports-dir", str(reports))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"report: {reports / 'copy.html'}" and sorted(os.listdir(reports)) == ["copy.html"]
+    status = _dse("status", "copy", "--results-dir", str(results), "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["dir"] == str(results / "copy")
+
+
+def test_dse_status_lists_a_broken_study_as_one_line_and_the_others_as_usual(cfg, tmp_path):
+    results = tmp_path / "results"
+    _hand_made_study(cfg)
+    (results / "broken").mkdir()
+    (results / "broken" / STUDY_FILE).write_text("{not json")
+    every = _dse("status", "--results-dir", str(results))
+    assert every.returncode == 0, every.stderr
+    lines = every.stdout.strip().splitlines()
+    assert lines[0].startswith(f"{'broken':<28} error: {results / 'broken' / STUDY_FILE} is not valid JSON")
+    assert lines[1:] == [f"{'tiny':<28} 4/4 done, 0 running, 0 failed, 0 stopped, 0 pending"]
+    one = _dse("status", "broken", "--results-dir", str(results))
+    assert "is not valid JSON" in _one_line_error(one)
+    assert "is not valid JSON" in _one_line_error(_dse("report", "broken", "--results-dir", str(results)))
+
+
+def test_dse_query_and_results_refuse_a_study_name_that_leads_out(cfg, tmp_path):
+    _hand_made_study(cfg)
+    for args in (["query", "SELECT 1", "--study", "../results/tiny"], ["results", "../results/tiny"]):
+        out = _dse(*args, "--results-dir", str(tmp_path / "results"))
+        assert "is not allowed" in _one_line_error(out)
+
+
+def test_dse_run_refuses_a_read_only_results_folder(tmp_path):
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir(), ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        out = _dse("run", "--results-dir", str(ro / "results"), "--reports-dir", str(tmp_path / "P"), *TINY)
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+    assert "read-only file system" in _one_line_error(out)
+    assert _files(src) == [] and not (tmp_path / "P").exists()

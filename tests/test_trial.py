@@ -1,5 +1,11 @@
 import dataclasses
+import errno
+import os
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from dse.config import EvalConfig, Geometry, StudentArch, TrainConfig
 from dse.sizing import count_params
@@ -64,3 +70,56 @@ def test_a_deferred_trial_leaves_latency_to_a_later_pass_on_its_saved_student(ti
     Path(row["checkpoint"]).unlink()  # a student that is gone: the row becomes failed, with the reason
     lost = measure_deferred_latency(row, "cpu")
     assert lost["status"] == "failed" and "latency:" in lost["error"] and "not found" in lost["error"]
+
+
+def _short_write(*args, **kwargs):
+    raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4160 vs 4052")
+
+
+@pytest.mark.parametrize("free, says", [(10 * 2**10, "no space left on device while writing {art} (10 KiB free"),
+                                        (5 * 2**30, "writing {art} failed with 5120 MiB free")])
+def test_a_checkpoint_that_torch_cannot_write_names_the_full_disk(tiny_pairs, tmp_path, monkeypatch, free, says):
+    import shutil
+
+    import torch
+
+    import dse.trial
+
+    monkeypatch.setattr(torch, "save", _short_write)  # what torch says when the disk fills mid-file
+    monkeypatch.setattr(dse.trial.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - free, free))
+    art = tmp_path / "art"
+    row = run_trial(tiny_spec(tiny_pairs, artifacts_dir=str(art), train=TrainConfig(steps=2, batch_size=16))).row
+    assert row["status"] == "failed"
+    assert row["error"].startswith(says.format(art=art)), row["error"]
+    assert "unexpected pos 4160 vs 4052" in row["error"]  # torch's own words stay, after the reason
+
+
+@pytest.mark.parametrize("code, says", [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system"),
+                                        (errno.EACCES, "permission denied"), (errno.ENOTDIR, "not a folder")])
+def test_an_os_failure_of_a_trial_says_the_machines_reason_and_the_path(tiny_pairs, tmp_path, monkeypatch, code, says):
+    import dse.fileio
+
+    def refuse(*args, **kwargs):  # the writer behind every checkpoint, sample sheet and ONNX file
+        raise OSError(code, os.strerror(code), str(tmp_path / "art" / ".last.pt.tmp"))
+
+    monkeypatch.setattr(dse.fileio.tempfile, "mkstemp", refuse)
+    row = run_trial(tiny_spec(tiny_pairs, artifacts_dir=str(tmp_path / "art"), train=TrainConfig(steps=2, batch_size=16))).row
+    assert row["status"] == "failed"
+    assert row["error"] == f"{says} while writing {tmp_path / 'art' / '.last.pt.tmp'}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
+def test_a_trial_on_a_really_full_disk_says_so(tiny_pairs, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (disk / "filler").write_bytes(b"\0" * 60 * 2**10)  # 4 KiB left: no checkpoint fits
+        art = disk / "art"
+        row = run_trial(tiny_spec(tiny_pairs, artifacts_dir=str(art), train=TrainConfig(steps=2, batch_size=16))).row
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    assert row["status"] == "failed"
+    assert row["error"].startswith("no space left on device while writing "), row["error"]
+    assert str(art) in row["error"]

@@ -32,7 +32,7 @@ from urllib.error import URLError
 
 import numpy as np
 
-from dse.config import Geometry
+from dse.config import GEOMETRIES, Geometry, dataset_geometry  # the names and geometries, kept light in config
 from dse.errors import DseError
 
 DATA_ENV = "DSE_DATA"
@@ -256,19 +256,3 @@ def load_dataset(name: str, root: str | Path | None = None, split: str = "train"
     if split not in SPLITS:
         raise DseError(f"unknown split {split!r} for {name}; known: {', '.join(SPLITS)}")
     return loader(default_data_root() if root is None else Path(root).expanduser(), split, download)
-
-
-# Geometry of each registered data set, known without loading it (for `dse space` / `dse propose`).
-GEOMETRIES: dict[str, Geometry] = {
-    "digits": Geometry(image_size=8, channels=1, num_classes=10),
-    "fashion-mnist": Geometry(image_size=28, channels=1, num_classes=10),
-    "cifar10": Geometry(image_size=32, channels=3, num_classes=10),
-}
-
-
-def dataset_geometry(name: str, patch_size: int = 2) -> Geometry:
-    """Geometry of a registered data set with the given patch size."""
-    if name not in GEOMETRIES:
-        raise DseError(f"unknown data set {name!r}; known: {', '.join(sorted(GEOMETRIES))}")
-    g = GEOMETRIES[name]
-    return Geometry(g.image_size, g.channels, g.num_classes, patch_size)

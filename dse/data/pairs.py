@@ -8,27 +8,33 @@ Layout of a store directory:
     x-00000.npy  (n, C, H, W) float32 | float16   teacher images in [-1, 1]
 Each shard's files carry a sha256 in the manifest; opening checks sizes and checksums and names the
 damaged file. Checksums already verified are remembered in `.verified.json` (by size and mtime), so
-re-opening a large store is fast while any rewrite of a file is checked again.
+re-opening a large store is fast while any rewrite of a file is checked again. Every file a manifest
+names must lie inside the store, and a manifest that does not hold together (keys, types, counts,
+shapes) is refused with a message naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from dse.data.datasets import GEOMETRIES
 from dse.errors import DseError
-from dse.fileio import atomic_write, atomic_writer
+from dse.fileio import atomic_write, atomic_writer, load_weights_only
+from dse.layout import inside
 
 FORMAT = "dse-pairs-v1"
 MANIFEST = "manifest.json"
 VERIFIED = ".verified.json"
 ARRAYS = ("z", "y", "x")
 IMAGE_DTYPES = ("float32", "float16")
+_REGENERATE = "regenerate the pairs (dse teacher generate) or import them again"
 
 
 def _sha256(path: Path) -> str:
@@ -39,22 +45,39 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError raised while writing `path` (a full disk) names `path`: writes through a file
+    object raise it without a file name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_writer(path) as f:
-        np.save(f, array, allow_pickle=False)
+    """`array` (C-contiguous) as a .npy file, atomically. Written through Python's file object, not
+    numpy's `tofile`, whose failure on a full disk carries no errno ("6400 requested and 4064 written")."""
+    with _naming(path), atomic_writer(path) as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        f.write(memoryview(array).cast("B"))
 
 
 class PairWriter:
     """Appends shards to a store; the manifest is rewritten atomically after each shard, so an
-    interrupted writer leaves a valid store holding every shard it finished."""
+    interrupted writer leaves a valid store holding every shard it finished.
+
+    Nothing is created before the first shard is written; a shard that fails to be written (a full
+    disk) is removed again, and so is the store folder when that was the store's first shard."""
 
     def __init__(self, root: str | Path, meta: dict[str, Any]):
         if meta.get("image_dtype") not in IMAGE_DTYPES:
             raise DseError(f"image dtype must be one of {', '.join(IMAGE_DTYPES)}, not {meta.get('image_dtype')!r}")
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(".*.tmp"):  # left by a writer that was killed mid-shard
-            stale.unlink()
+        if self.root.exists() and not self.root.is_dir():
+            raise DseError(f"pair store {self.root} is a file, not a folder; choose another --out")
         path = self.root / MANIFEST
         if path.exists():
             self.manifest = _read_manifest(self.root)
@@ -66,6 +89,8 @@ class PairWriter:
                     )
         else:
             self.manifest = {"format": FORMAT, **meta, "num_pairs": 0, "shards": []}
+        # the folders this writer will create, the outermost first: removed if its first shard fails
+        self._new_dirs = [d for d in (self.root, *self.root.parents) if not d.exists()][::-1]
 
     @property
     def num_pairs(self) -> int:
@@ -82,15 +107,32 @@ class PairWriter:
             "y": np.ascontiguousarray(y, dtype=np.int64),
             "x": np.ascontiguousarray(x, dtype=self.manifest["image_dtype"]),
         }
-        files = {}
-        for key, array in arrays.items():
-            name = f"{key}-{index:05d}.npy"
-            _save_npy(self.root / name, array)
-            files[key] = {"name": name, "sha256": _sha256(self.root / name), "bytes": (self.root / name).stat().st_size}
-        self.manifest["shards"].append({"start": self.num_pairs, "count": n, "files": files})
-        self.manifest["num_pairs"] = self.num_pairs + n
-        self.manifest["shapes"] = {"z": list(arrays["z"].shape[1:]), "x": list(arrays["x"].shape[1:])}
-        atomic_write(self.root / MANIFEST, json.dumps(self.manifest, indent=2))
+        manifest = json.loads(json.dumps(self.manifest))  # committed only once the shard is whole
+        files, written = {}, []
+        try:
+            for key, array in arrays.items():
+                path = self.root / f"{key}-{index:05d}.npy"
+                _save_npy(path, array)
+                written.append(path)
+                files[key] = {"name": path.name, "sha256": _sha256(path), "bytes": path.stat().st_size}
+            manifest["shards"].append({"start": self.num_pairs, "count": n, "files": files})
+            manifest["num_pairs"] = self.num_pairs + n
+            manifest["shapes"] = {"z": list(arrays["z"].shape[1:]), "x": list(arrays["x"].shape[1:])}
+            with _naming(self.root / MANIFEST):
+                atomic_write(self.root / MANIFEST, json.dumps(manifest, indent=2))
+        except BaseException:
+            self._undo(written)
+            raise
+        self.manifest, self._new_dirs = manifest, []
+
+    def _undo(self, written: list[Path]) -> None:
+        """Remove the files of a shard that was not committed, and the folders this writer made
+        if they hold nothing else (a store's first shard failed)."""
+        for path in written:
+            path.unlink(missing_ok=True)
+        for folder in reversed(self._new_dirs):
+            with contextlib.suppress(OSError):  # not empty (someone else's files) or already gone
+                folder.rmdir()
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -100,10 +142,58 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DseError(f"{path} is not valid JSON ({exc}); regenerate the pairs") from None
+        raise DseError(f"{path} is not valid JSON ({exc}); {_REGENERATE}") from None
+    if not isinstance(manifest, dict):
+        raise DseError(f"{path} holds a JSON {type(manifest).__name__}, not a pair-store manifest (an object); {_REGENERATE}")
     if manifest.get("format") != FORMAT:
         raise DseError(f"{path}: unknown pair-store format {manifest.get('format')!r} (expected {FORMAT})")
+    problem = _manifest_problem(root, manifest)
+    if problem:
+        raise DseError(f"pair store {root} is damaged: {MANIFEST} {problem}; {_REGENERATE}")
     return manifest
+
+
+def _count(value: object, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _manifest_problem(root: Path, m: dict[str, Any]) -> str | None:
+    """What is wrong with the manifest `m` of the store at `root` (None if nothing): keys and types,
+    shard counts that add up, shapes that agree with each other and the data set, file names inside the store."""
+    if m.get("image_dtype") not in IMAGE_DTYPES:
+        return f"has image_dtype {m.get('image_dtype')!r}, not one of {', '.join(IMAGE_DTYPES)}"
+    if "num_classes" in m and not _count(m["num_classes"], 1):
+        return f"has num_classes {m['num_classes']!r}, not a positive integer"
+    if not _count(m.get("num_pairs")) or not isinstance(m.get("shards"), list):
+        return "needs num_pairs (an integer >= 0) and shards (a list)"
+    total = 0
+    for i, shard in enumerate(m["shards"]):
+        files = shard.get("files") if isinstance(shard, dict) else None
+        if not (isinstance(files, dict) and _count(shard.get("start")) and _count(shard.get("count"), 1)):
+            return f"shard {i} needs start, count (a positive integer) and files"
+        if shard["start"] != total:
+            return f"shard {i} starts at pair {shard['start']}, but the shards before it hold {total} pairs"
+        total += shard["count"]
+        for key in ARRAYS:
+            info = files.get(key)
+            if not (isinstance(info, dict) and isinstance(info.get("name"), str) and info["name"]
+                    and isinstance(info.get("sha256"), str) and _count(info.get("bytes"))):
+                return f"shard {i} needs files.{key} with a name, a sha256 and a size in bytes"
+            inside(root, info["name"], what=f"{root / MANIFEST}: shard file")  # nothing outside the store is read
+    if total != m["num_pairs"]:
+        return f"says num_pairs {m['num_pairs']} but its shards hold {total}"
+    if not m["shards"]:
+        return None
+    shapes = m.get("shapes")
+    if not (isinstance(shapes, dict) and all(
+            isinstance(shapes.get(k), list) and len(shapes[k]) == 3 and all(_count(d, 1) for d in shapes[k]) for k in ("z", "x"))):
+        return "needs shapes.z and shapes.x, each [C, H, W] of positive integers"
+    if shapes["z"] != shapes["x"]:
+        return f"gives noise shape {shapes['z']} and image shape {shapes['x']}; a one-step student needs them equal"
+    g = GEOMETRIES.get(m["dataset"]) if isinstance(m.get("dataset"), str) else None
+    if g is not None and shapes["x"] != [g.channels, g.image_size, g.image_size]:
+        return f"gives images of shape {shapes['x']}, but {m['dataset']} images are {[g.channels, g.image_size, g.image_size]}"
+    return None
 
 
 class _VerifiedCache:
@@ -168,13 +258,21 @@ class PairStore:
                     raise DseError(f"pair shard {path} is damaged (size or sha256 differs from {MANIFEST}); regenerate it")
                 try:
                     arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
-                except ValueError as exc:
+                except (ValueError, EOFError, OSError) as exc:
                     raise DseError(f"pair shard {path} is unreadable ({exc}); regenerate it") from None
-                if len(arrays[key]) != shard["count"]:
-                    raise DseError(f"pair shard {path} holds {len(arrays[key])} rows, the manifest says {shard['count']}")
+                shape = (shard["count"], *manifest["shapes"][key]) if key != "y" else (shard["count"],)
+                dtype = {"z": "float32", "y": "int64", "x": manifest["image_dtype"]}[key]
+                if not isinstance(arrays[key], np.ndarray) or arrays[key].shape != shape or arrays[key].dtype != dtype:
+                    got = getattr(arrays[key], "dtype", type(arrays[key]).__name__), getattr(arrays[key], "shape", "")
+                    raise DseError(f"pair shard {path} holds {got[0]} {got[1]}, the manifest says {dtype} {shape}; regenerate it")
             shards.append(arrays)
         if not shards:
             raise DseError(f"the pair store at {root} is empty; run `dse teacher generate` again")
+        if verify and "num_classes" in manifest:
+            labels = np.concatenate([np.asarray(s["y"]) for s in shards])
+            if labels.min() < 0 or labels.max() >= manifest["num_classes"]:
+                raise DseError(f"pair store {root} holds labels {labels.min()}..{labels.max()}, outside the "
+                               f"{manifest['num_classes']} classes of its {MANIFEST}; {_REGENERATE}")
         verified.save()
         starts = np.array([s["start"] for s in manifest["shards"]], dtype=np.int64)
         return cls(root, manifest, shards, starts)
@@ -290,15 +388,7 @@ def _numpy_safe_globals() -> list:
 
 def _load_get_file(path: Path):
     """One of GET's `.pkl` files (written with torch.save), loaded without executing code from it."""
-    import pickle
-
-    import torch
-
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise DseError(f"cannot read {path} as a tensor file (weights-only loading, numpy arrays allowed): {exc}") from None
+    return load_weights_only(path, "GET pair file (tensors or numpy arrays saved with torch.save)", _numpy_safe_globals())
 
 
 def _as_array(value, what: str, path: Path) -> np.ndarray:

@@ -20,7 +20,8 @@ import torch.nn as nn
 from dse.config import Geometry, StudentArch, TrainConfig
 from dse.data.pairs import PairStore
 from dse.distill.losses import Loss, make_loss
-from dse.errors import DseError
+from dse.errors import DseError, one_line
+from dse.fileio import load_weights_only
 from dse.models.dit import DiT
 from dse.teacher.edm import sigma_schedule
 
@@ -228,12 +229,12 @@ def _load_ta(ta: DiT, path: Path) -> None:
     file = path / "last.pt" if path.is_dir() else path
     if not file.is_file():
         raise DseError(f"ta_checkpoint {file} not found; give a trial checkpoint (last.pt) or leave it empty to train a TA")
+    state = load_weights_only(file, "trainer checkpoint (last.pt)")  # one line for an empty, damaged or unsafe file
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
         ta.load_state_dict(state["ema"])
-    except Exception as e:  # torch raises many types for a foreign, corrupt or mismatched file
+    except (KeyError, TypeError, RuntimeError) as e:  # not a trainer checkpoint, or another architecture
         raise DseError(f"ta_checkpoint {file} is not a TA of depth/width/heads {ta.arch.depth}/{ta.arch.width}/"
-                       f"{ta.arch.heads} written by dse ({e}); check ta_depth, ta_width, ta_heads") from e
+                       f"{ta.arch.heads} written by dse ({one_line(e)}); check ta_depth, ta_width, ta_heads") from None
 
 
 class DMD(Setup):

@@ -60,6 +60,7 @@ from torch_fidelity.helpers import text_to_dtype, vassert
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from dse.data.datasets import GEOMETRIES, load_dataset, load_digits
+from dse.device import resolve_device
 from dse.errors import DseError
 from dse.fileio import atomic_write
 from dse.metrics.assets import (
@@ -392,7 +393,7 @@ def image_quality(
     _check_images(images, (g.image_size, g.image_size, g.channels), dataset)
     if reference_num < 0:
         raise DseError(f"reference_num must be 0 (the whole split) or a positive count; got {reference_num}")
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     name, weights = _resolve_extractor(extractor, dataset, inception_path)
     spec = _EXTRACTOR_SPECS[name]
     ref, total = _reference_images(dataset, data_root, reference, reference_num)  # (n, H, W, C) uint8
@@ -493,14 +494,3 @@ def _check_images(images: object, image_shape: tuple[int, ...], dataset: str) ->
         raise DseError(f"image quality needs {expected}; got shape {images.shape}")
     if len(images) < 2:
         raise DseError(f"image quality needs at least 2 images to estimate a covariance; got {len(images)}")
-
-
-def _resolve_device(device: str) -> torch.device:
-    """`device` as a torch.device: 'cpu', or 'cuda' / 'cuda:N' when CUDA is available; else DseError."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DseError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
-    if resolved.type == "cpu" or (resolved.type == "cuda" and torch.cuda.is_available()):
-        return resolved
-    raise DseError(f"device {device!r} is not available for image quality; use 'cpu' or an available 'cuda[:N]'")

@@ -86,7 +86,12 @@ def generate_pairs(
     Pair i depends on (seed, i) only, and shards are committed one at a time, so a run that is
     killed and started again ends with the same store as one uninterrupted run.
     `progress(done, total, pairs_per_second)` is called after each batch.
+
+    Every input (data set, teacher, source, image dtype, `out`) is checked before anything is
+    written, and a run that fails before its first shard leaves no folder behind.
     """
+    if min(num_pairs, shard_size, batch_size, settings.num_steps) < 1:
+        raise DseError("the number of pairs, the shard size, the batch size and the sampler steps must be positive")
     geometry = dataset_geometry(dataset)
     meta = {
         "teacher": {"kind": teacher, "source": source},
@@ -97,10 +102,10 @@ def generate_pairs(
         "seed": seed,
         "image_dtype": image_dtype,
     }
-    writer = PairWriter(out, meta)
+    writer = PairWriter(out, meta)  # checks `out` and the settings of pairs already there; writes nothing yet
     if writer.num_pairs >= num_pairs:
         return Path(out)
-    denoiser = make_teacher(teacher, dataset, device, source, data_root)
+    denoiser = make_teacher(teacher, dataset, device, source, data_root)  # the teacher, its source and its data load
     start_time, start_count = time.perf_counter(), writer.num_pairs
     while writer.num_pairs < num_pairs:
         first = writer.num_pairs

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dse.errors import DseError
+from dse.errors import DseError, one_line
 from dse.teacher.edm import Denoiser
 
 # `package.module:function` (the function may be a dotted attribute path, e.g. `mod:Class.build`).
@@ -93,9 +93,9 @@ def _load_torchscript(path: Path, device: str) -> torch.jit.ScriptModule:
             return torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as e:
         raise DseError(
-            f"{path} is not a TorchScript file ({str(e).splitlines()[0]}); "
+            f"{path} is not a TorchScript file ({one_line(e)}); "
             "save one with torch.jit.save(torch.jit.script(module), path)"
-        ) from e
+        ) from None
 
 
 def _build_from_entry_point(module_name: str, attr: str, device: str) -> Callable[..., Any]:
@@ -113,7 +113,12 @@ def _build_from_entry_point(module_name: str, attr: str, device: str) -> Callabl
         raise DseError(f"module {module_name!r} has no attribute {attr!r}") from None
     if not callable(factory):
         raise DseError(f"{module_name}:{attr} is a {type(factory).__name__}, not a function that builds a denoiser")
-    denoiser = factory(device=device) if _accepts_device(factory) else factory()
+    try:
+        denoiser = factory(device=device) if _accepts_device(factory) else factory()
+    except DseError:
+        raise
+    except Exception as e:  # the user's code may raise anything; say where it came from
+        raise DseError(f"{module_name}:{attr}() failed while building the external teacher: {one_line(e)}") from None
     if not callable(denoiser):
         raise DseError(
             f"{module_name}:{attr}() returned a {type(denoiser).__name__}, not a callable D(x, sigma, labels)"
@@ -142,7 +147,7 @@ def _probe(
     except DseError:
         raise
     except Exception as e:  # the user's code may raise anything; say where it came from
-        raise DseError(f"external teacher {source!r} failed on a probe batch of shape {tuple(x.shape)}: {e}") from e
+        raise DseError(f"external teacher {source!r} failed on a probe batch of shape {tuple(x.shape)}: {one_line(e)}") from None
     if out.shape != x.shape:
         raise DseError(
             f"external teacher {source!r} returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "

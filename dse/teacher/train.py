@@ -21,8 +21,8 @@ from torch import nn
 from dse.config import Geometry, StudentArch
 from dse.data.datasets import ImageDataset, load_dataset
 from dse.distill.train import EMA
-from dse.errors import DseError
-from dse.fileio import atomic_writer
+from dse.errors import DseError, one_line
+from dse.fileio import atomic_writer, load_format_file
 from dse.models.dit import DiT
 from dse.teacher.edm import Denoiser
 
@@ -183,9 +183,8 @@ def checkpoint_path(path: str | Path) -> Path:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A teacher checkpoint (weights_only load, on CPU); a missing or corrupt file is a DseError."""
-    from dse.fileio import load_format_file
-
+    """A teacher checkpoint (weights_only load, on CPU); a missing, corrupt or refused file is a
+    one-line DseError."""
     return load_format_file(checkpoint_path(path), CHECKPOINT_FORMAT, "dse teacher checkpoint",
                             "train one with `dse teacher train`")
 
@@ -194,7 +193,7 @@ def _checkpoint_config(ckpt: dict[str, Any], file: Path) -> TeacherTrainConfig:
     try:
         return TeacherTrainConfig.from_json(ckpt["config"])
     except (KeyError, TypeError, ValueError) as e:
-        raise DseError(f"teacher checkpoint {file} has an unreadable config ({e})") from e
+        raise DseError(f"teacher checkpoint {file} has an unreadable config ({one_line(e)})") from None
 
 
 class _Run:
@@ -250,8 +249,8 @@ def _resume(run: _Run, file: Path) -> None:
         )
     try:
         run.restore(ckpt)
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise DseError(f"teacher checkpoint {file} is corrupt ({e}); delete it and retrain") from e
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise DseError(f"teacher checkpoint {file} is corrupt ({one_line(e)}); delete it and retrain") from None
 
 
 def train_teacher(
@@ -332,6 +331,6 @@ def load_trained_teacher(path: str | Path, device: str = "cpu", dataset: str | N
         geometry = Geometry(**json.loads(ckpt["geometry"]))
         denoiser = build_denoiser(cfg, geometry)
         denoiser.load_state_dict(ckpt["ema"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise DseError(f"teacher checkpoint {file} is corrupt ({e}); delete it and retrain") from e
+    except (KeyError, TypeError, ValueError, RuntimeError, ArithmeticError, AssertionError) as e:
+        raise DseError(f"teacher checkpoint {file} is corrupt ({one_line(e)}); delete it and retrain") from None
     return TrainedTeacher(denoiser.to(device), cfg)

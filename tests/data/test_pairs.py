@@ -234,3 +234,188 @@ def test_sigkill_part_way_then_rerun_equals_one_uninterrupted_run(tmp_path):
     assert a["num_pairs"] == b["num_pairs"] == 256
     assert [s["files"] for s in a["shards"]] == [s["files"] for s in b["shards"]]  # same bytes, shard by shard
     assert not list((tmp_path / "killed").glob(".*.tmp"))
+
+
+def _listing(root):
+    """Every path under `root` with its bytes (None for a folder): what a refusal must leave alone."""
+    from pathlib import Path
+
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in Path(root).rglob("*")}
+
+
+def _edit_manifest(store, change):
+    manifest = json.loads((store / MANIFEST).read_text())
+    manifest = change(manifest)
+    (store / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("how", ["parent", "absolute", "symlink"])
+def test_a_manifest_naming_a_file_outside_the_store_is_refused(tmp_path, how):
+    store = tmp_path / "store"
+    _write(store)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.npy").write_bytes((store / "x-00000.npy").read_bytes())  # a valid file, same bytes: only its place is wrong
+    name = {"parent": "../other/x.npy", "absolute": str(other / "x.npy"), "symlink": "link.npy"}[how]
+    if how == "symlink":
+        (store / "link.npy").symlink_to(other / "x.npy")
+
+    def point_outside(m):
+        m["shards"][0]["files"]["x"]["name"] = name
+        return m
+
+    _edit_manifest(store, point_outside)
+    with pytest.raises(DseError, match="leads outside") as err:
+        PairStore.open(store)
+    assert "\n" not in str(err.value) and str(store) in str(err.value)
+
+
+def _shard0(key, value):
+    def change(m):
+        m["shards"][0][key] = value
+        return m
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: [m], "not a pair-store manifest"),
+        (lambda m: {k: v for k, v in m.items() if k != "shards"}, "needs num_pairs"),
+        (lambda m: {**m, "num_pairs": "8"}, "needs num_pairs"),
+        (lambda m: {**m, "num_pairs": 9}, "num_pairs 9 but its shards hold 8"),
+        (lambda m: {**m, "image_dtype": "int8"}, "image_dtype 'int8'"),
+        (_shard0("files", None), "shard 0 needs start, count"),
+        (_shard0("count", "5"), "shard 0 needs start, count"),
+        (_shard0("start", 2), "shard 0 starts at pair 2"),
+        (lambda m: {**m, "shards": [m["shards"][0], {**m["shards"][1], "files": {"z": m["shards"][1]["files"]["z"]}}]},
+         "shard 1 needs files.y"),
+        (lambda m: {**m, "shapes": {"z": [1, 2, 2]}}, "needs shapes.z and shapes.x"),
+        (lambda m: {**m, "shapes": {"z": [1, 2, 2], "x": [1, 4, 1]}}, r"noise shape \[1, 2, 2\] and image shape \[1, 4, 1\]"),
+        (lambda m: {**m, "shapes": {"z": [1, 4, 1], "x": [1, 4, 1]}}, r"z-00000.npy holds float32 \(5, 1, 2, 2\), the manifest says float32 \(5, 1, 4, 1\)"),
+        (lambda m: {**m, "dataset": "digits"}, "digits images are"),
+    ],
+)
+def test_a_manifest_that_does_not_hold_together_is_one_clear_error(tmp_path, change, message):
+    _write(tmp_path)
+    _edit_manifest(tmp_path, change)
+    with pytest.raises(DseError, match=message) as err:
+        PairStore.open(tmp_path)
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_labels_outside_the_classes_are_refused(tmp_path):
+    _write(tmp_path)  # labels 0..7
+    _edit_manifest(tmp_path, lambda m: {**m, "num_classes": 5})
+    with pytest.raises(DseError, match="labels 0..7, outside the 5 classes"):
+        PairStore.open(tmp_path)
+
+
+def _full_disk_at(monkeypatch, name):
+    """Writes of `name` fail as on a full disk: the OSError of a write through a file object, which
+    carries no file name."""
+    import contextlib
+    import errno
+
+    from dse.data import pairs
+
+    real = pairs.atomic_writer
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(bytes(data)[:10])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    @contextlib.contextmanager
+    def writer(path, *args, **kwargs):
+        with real(path, *args, **kwargs) as f:
+            yield Full(f) if os.path.basename(path) == name else f
+
+    def write(path, data):
+        with writer(path) as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+
+    monkeypatch.setattr(pairs, "atomic_writer", writer)
+    monkeypatch.setattr(pairs, "atomic_write", write)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_shards_already_written(tmp_path, monkeypatch):
+    """Monkeypatched writer (see tests/teacher/test_cli_teacher.py for a real full tmpfs)."""
+    import errno
+
+    store = tmp_path / "store"
+    w = _write(store, sizes=(5,))
+    _full_disk_at(monkeypatch, "x-00001.npy")
+    with pytest.raises(OSError) as err:
+        w.append(np.zeros((3, 1, 2, 2)), np.zeros(3), np.zeros((3, 1, 2, 2)))
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(store / "x-00001.npy")
+    assert "No space left on device" in str(err.value)
+    assert sorted(p.name for p in store.iterdir()) == [MANIFEST, "x-00000.npy", "y-00000.npy", "z-00000.npy"]
+    assert len(PairStore.open(store)) == 5  # the store before the failed shard, whole and resumable
+
+
+def test_a_first_shard_that_fails_leaves_no_folder_behind(tmp_path, monkeypatch):
+    _full_disk_at(monkeypatch, "y-00000.npy")
+    with pytest.raises(OSError, match="No space left on device"):
+        _write(tmp_path / "new" / "store")
+    assert _listing(tmp_path) == {}
+
+
+def test_a_manifest_write_on_a_full_disk_names_the_manifest(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    w = _write(store, sizes=(5,))
+    before = _listing(store)
+    _full_disk_at(monkeypatch, MANIFEST)
+    with pytest.raises(OSError) as err:
+        w.append(np.zeros((3, 1, 2, 2)), np.zeros(3), np.zeros((3, 1, 2, 2)))
+    assert err.value.filename == str(store / MANIFEST)
+    assert _listing(store) == before  # the failed shard's files are gone again
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dataset": "nope"}, "unknown data set 'nope'"),
+        ({"teacher": "nope"}, "unknown teacher 'nope'"),
+        ({"teacher": "trained"}, "needs --source"),
+        ({"teacher": "trained", "source": "no/such/last.pt"}, "not found"),
+        ({"teacher": "external", "source": "no/such/teacher.ts"}, "not found"),
+        ({"image_dtype": "int8"}, "image dtype"),
+        ({"dataset": "cifar10", "data_root": "no/such/dir"}, "no/such/dir"),
+        ({"num_pairs": 0}, "must be positive"),
+    ],
+)
+def test_generate_refuses_bad_inputs_before_creating_anything(tmp_path, kwargs, message):
+    with pytest.raises(DseError, match=message):
+        generate_pairs(tmp_path / "a" / "pairs", **{"num_pairs": 8, "settings": SamplerSettings(num_steps=2), **kwargs})
+    assert _listing(tmp_path) == {}
+
+
+def test_generate_and_import_refuse_an_out_that_is_a_file(tmp_path):
+    from dse.data.pairs import import_get
+
+    out = tmp_path / "out"
+    out.write_bytes(b"mine")
+    with pytest.raises(DseError, match="is a file, not a folder"):
+        generate_pairs(out, num_pairs=8, settings=SamplerSettings(num_steps=2))
+    _get_layout(tmp_path / "get", files=((0, 4),))
+    before = _listing(tmp_path)
+    with pytest.raises(DseError, match="is a file, not a folder"):
+        import_get(tmp_path / "get", out)
+    assert _listing(tmp_path) == before
+
+
+def test_a_failed_import_leaves_no_folder_behind(tmp_path):
+    import torch
+
+    from dse.data.pairs import import_get
+
+    _get_layout(tmp_path / "get", files=((0, 4),))
+    torch.save(torch.zeros(3, 3, 32, 32), tmp_path / "get" / "image" / "000000003.pkl")  # 3 images for 4 noises
+    before = _listing(tmp_path)
+    with pytest.raises(DseError, match="shapes do not match"):
+        import_get(tmp_path / "get", tmp_path / "new" / "pairs")
+    assert _listing(tmp_path) == before

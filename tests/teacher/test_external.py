@@ -76,6 +76,16 @@ def raises():
     def denoiser(x, sigma, labels):
         raise ValueError("boom")
     return denoiser
+
+
+def raises_a_paragraph():
+    def denoiser(x, sigma, labels):
+        raise RuntimeError("boom. More text.\\n\\tand a second line\\n")
+    return denoiser
+
+
+def factory_fails():
+    raise KeyError("no weights here")
 '''
 
 
@@ -161,3 +171,22 @@ def test_probe_errors(user_module, attr, message):
     load_external_teacher(f"{user_module}:{attr}")  # no shape: no probe
     with pytest.raises(DseError, match=message):
         load_external_teacher(f"{user_module}:{attr}", shape=SHAPE, num_classes=10)
+
+
+@pytest.mark.parametrize(
+    "attr, message",
+    [("raises_a_paragraph", "failed on a probe batch .*RuntimeError: boom$"),
+     ("factory_fails", "factory_fails\\(\\) failed while building the external teacher: KeyError: 'no weights here'$")],
+)
+def test_the_users_errors_become_one_line(user_module, attr, message):
+    with pytest.raises(DseError, match=message) as err:
+        load_external_teacher(f"{user_module}:{attr}", shape=SHAPE, num_classes=10)
+    assert "\n" not in str(err.value)
+
+
+def test_an_empty_file_is_not_torchscript_in_one_line(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    with pytest.raises(DseError, match="not a TorchScript file") as err:
+        load_external_teacher(str(path))
+    assert "\n" not in str(err.value)

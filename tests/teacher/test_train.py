@@ -193,3 +193,31 @@ def test_truncated_checkpoint_is_an_error(trained, tmp_path):
         load_trained_teacher(truncated)
     with pytest.raises(DseError, match="corrupt"):  # and training does not silently start over
         train_teacher(TINY, tmp_path)
+
+
+class _Ran:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_refusals_are_one_line_and_run_nothing(trained, tmp_path):
+    import pickle
+
+    marker = tmp_path / "ran"
+    cases = {"empty.pt": (b"", "is empty, not a dse teacher checkpoint"),
+             "code.pt": (pickle.dumps({"format": "dse-teacher-v1", "ema": _Ran(marker)}), "could run code from the file")}
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DseError, match=message) as err:
+            load_trained_teacher(tmp_path / name)
+        assert "\n" not in str(err.value)
+    ckpt = torch.load(trained, weights_only=True)
+    ckpt["ema"] = {k: v for k, v in list(ckpt["ema"].items())[1:]}  # a key missing: torch lists them on many lines
+    torch.save(ckpt, tmp_path / "short.pt")
+    with pytest.raises(DseError, match="is corrupt .*Missing key") as err:
+        load_trained_teacher(tmp_path / "short.pt")
+    assert "\n" not in str(err.value)
+    assert not marker.exists()
