@@ -94,12 +94,17 @@ class TeacherConfig:
     image_dtype: str = "float32"  # or "float16": half the disk for a million 32x32x3 pairs
 
 
+DEPTH_CHOICES = ("all", "closest")  # SpaceConfig.depths
+
+
 @dataclass(frozen=True)
 class SpaceConfig:
     """Which student architectures a study explores.
 
     `widths`: empty means {2^n, 3*2^n} from `min_width` to `max_width`; `heads` is "all" (every
-    divisor of the width), "rule" (the design rule's heads only) or a list of head counts.
+    divisor of the width), "rule" (the design rule's heads only) or a list of head counts; `depths`
+    is "all" (every depth of the band) or "closest" (per width, the one depth whose count is
+    closest to the budget, as the paper's Table 2 lists one model per width).
     """
 
     budget: str = ""
@@ -111,6 +116,7 @@ class SpaceConfig:
     min_depth: int = 1
     max_depth: int = 64
     heads: str | tuple[int, ...] = "all"
+    depths: str = "all"
     mlp_ratio: float = 4.0
     setups: tuple[str, ...] = ("get",)
     losses: tuple[str, ...] = ("l2",)
@@ -504,6 +510,8 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         raise DseError(f"{source}: [space] widths must be positive multiples of 4 (the 2-D sin-cos position embedding splits the width in four)")
     if s.min_width > s.max_width or s.min_depth > s.max_depth:
         raise DseError(f"{source}: [space] needs min_width <= max_width and 1 <= min_depth <= max_depth")
+    if s.depths not in DEPTH_CHOICES:
+        raise DseError(f"{source}: [space] depths must be one of {', '.join(map(repr, DEPTH_CHOICES))}, not {s.depths!r}")
     if isinstance(s.heads, str) and s.heads not in ("all", "rule"):
         raise DseError(f"{source}: [space] heads must be \"all\", \"rule\" or a list of integers, not {s.heads!r}")
     if s.heads == ():
@@ -596,10 +604,11 @@ def load_study(path: str | Path) -> StudyConfig:
 
 
 def with_paper_widths(cfg: StudyConfig) -> StudyConfig:
-    """`cfg` exploring the paper's widths {2^n, 3*2^n} with the design rule's heads, its other
-    settings kept: what `dse run --budget B` uses without a space file (the demo's three widths
-    suit only the demo's own budget)."""
-    return dataclasses.replace(cfg, space=dataclasses.replace(cfg.space, widths=(), heads="rule"))
+    """`cfg` exploring the paper's widths {2^n, 3*2^n}, each at the depth closest to the budget and
+    with the design rule's heads (one model per width, as in the paper's Table 2), its other settings
+    kept: what `dse run --budget B` uses without a space file (the demo's three widths suit only the
+    demo's own budget)."""
+    return dataclasses.replace(cfg, space=dataclasses.replace(cfg.space, widths=(), heads="rule", depths="closest"))
 
 
 def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:

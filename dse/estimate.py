@@ -1,12 +1,13 @@
 """Owns the estimate of how long a study takes on this machine, made before it runs and without
-writing anything: a few timed training steps of one real student, scaled to every trial by FLOPs.
+writing anything: a few timed training steps of real students, scaled to every trial by FLOPs.
 
-How: the candidate of median FLOPs is built and trained for `TIMED_STEPS` steps (after
-`WARMUP_STEPS`) on random data, with AdamW, the EMA and an L2 loss, on the study's device and with
-the CPU threads a trial gets, at its batch size (on a CPU at most `CPU_TIMED_BATCH`: the cost is
-linear in it there). That gives this machine's rate in FLOPs per second, with training
-counted as `TRAIN_FLOPS_PER_FORWARD` forward passes (`dse.sizing.forward_flops`). Every other cost
-is FLOPs at that same rate: each trial's training steps, its FID samples (guided: two forward
+How: each distinct architecture (up to `MAX_TIMED` of them, spread over the FLOPs) is built and
+trained for `TIMED_STEPS` steps (after `WARMUP_STEPS`) on random data, with AdamW, the EMA and an
+L2 loss, on the study's device and with the CPU threads a trial gets, at its batch size (on a CPU
+at most `CPU_TIMED_BATCH`: the cost is linear in it there). That gives this machine's rate in FLOPs
+per second for that shape (a deep, narrow student runs far below a wide one), with training counted
+as `TRAIN_FLOPS_PER_FORWARD` forward passes (`dse.sizing.forward_flops`); an architecture not timed
+takes the rate of the timed one nearest in FLOPs. Every other cost of a trial is FLOPs at its rate: each trial's training steps, its FID samples (guided: two forward
 passes per image) plus the feature extractor on each of them, its sample grid, the latency pass
 (`latency_repeats` timed runs, plus onnxruntime's), and the teacher pairs if the store does not
 hold them yet (empirical teacher: the posterior mean over a class's training images, per sampler
@@ -31,6 +32,7 @@ from dse.trial import TrialSpec
 
 WARMUP_STEPS = 1
 TIMED_STEPS = 3
+MAX_TIMED = 6  # distinct architectures timed per estimate (the others take the nearest one's rate)
 CPU_TIMED_BATCH = 64  # on a CPU, time at most this batch (the cost is linear in it): a few seconds at most
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (twice the forward's matmuls), the usual rule
 INCEPTION_FLOPS = 11.5e9  # Inception-v3 on one 299x299 image (5.7 G multiply-adds)
@@ -98,7 +100,7 @@ class StudyEstimate:
 
     def method(self) -> str:
         return (f"an estimate from {TIMED_STEPS} timed training steps of {self.timed} "
-                f"({self.flops_per_s / 1e9:,.1f} GFLOP/s), scaled by each candidate's FLOPs; "
+                f"(about {self.flops_per_s / 1e9:,.1f} GFLOP/s), scaled by each candidate's FLOPs; "
                 "LPIPS and the DMD/TA networks are not counted")
 
 
@@ -207,11 +209,10 @@ def estimate_study(cfg: StudyConfig, specs: list[TrialSpec], machine: Machine | 
     if not specs:
         return StudyEstimate([], 1, None, math.nan, "nothing", r.device)
     flops = {s.trial_id: forward_flops(s.arch, s.geometry) for s in specs}
-    timed = sorted(specs, key=lambda s: flops[s.trial_id])[len(specs) // 2]
-    threads = max(1, int(resources[timed.trial_id][0]))
     device = str(resolve_device(r.device))
-    seconds = image_seconds if image_seconds is not None else time_training(timed, device, threads)
-    rate = TRAIN_FLOPS_PER_FORWARD * flops[timed.trial_id] / max(seconds, 1e-12)  # FLOPs per second
+    threads = max(1, int(max(resources[s.trial_id][0] for s in specs)))
+    rate_of, timed_ids = _rates(specs, flops, device, threads, image_seconds)  # trial_id -> FLOPs per second
+    timed = sorted({s.arch.name for s in specs if s.trial_id in timed_ids})
 
     e, extractor = cfg.eval, _extractor_flops(cfg)
     trials = []
@@ -224,6 +225,7 @@ def estimate_study(cfg: StudyConfig, specs: list[TrialSpec], machine: Machine | 
         latency_images = e.latency_num_images * (e.latency_repeats + 1) + (
             (e.onnx_num_images or e.latency_num_images) if e.onnx else 0)
         cpus, gpus = resources[s.trial_id]
+        rate = rate_of[s.trial_id]
         trials.append(TrialEstimate(s.trial_id, count_params(s.arch, s.geometry), cpus, gpus,
                                     train / rate, quality / rate, latency_images * guided / rate))
     cpus, gpus = max(t.cpus for t in trials), max(t.gpus for t in trials)
@@ -231,6 +233,44 @@ def estimate_study(cfg: StudyConfig, specs: list[TrialSpec], machine: Machine | 
     if gpus > 0:
         parallel = min(parallel, int(m.gpus // gpus)) if m.gpus else 1
     pairs = pairs_flops(cfg)
-    where = f"{timed.arch.name} on {device}" + (
-        "" if device.startswith("cuda") else f", {threads} threads")
-    return StudyEstimate(trials, max(1, parallel), None if pairs is None else pairs / rate, rate, where, device)
+    middle = sorted(rate_of.values())[len(rate_of) // 2]  # the pairs are no student's: a middle rate
+    shown = ", ".join(timed[:3]) + (f" and {len(timed) - 3} more" if len(timed) > 3 else "")
+    where = f"{shown} on {device}" + ("" if device.startswith("cuda") else f", {threads} threads")
+    return StudyEstimate(trials, max(1, parallel), None if pairs is None else pairs / middle, middle, where, device)
+
+
+def _rates(specs: list[TrialSpec], flops: dict[str, float], device: str, threads: int,
+           image_seconds: float | None) -> tuple[dict[str, float], set[str]]:
+    """(trial_id -> this machine's training rate in FLOPs per second, the ids whose architecture was
+    timed). Small, deep students run far below the rate of wide ones (per-layer overhead), so up to
+    `MAX_TIMED` distinct architectures, spread over the FLOPs, are timed (`time_training`), and every
+    other spec takes the rate of the timed one nearest in log-FLOPs. `image_seconds` (seconds per
+    trained image of the median spec) replaces the timing with one rate for all (tests)."""
+    by_flops = sorted(specs, key=lambda s: flops[s.trial_id])
+    if image_seconds is not None:
+        median = by_flops[len(by_flops) // 2]
+        rate = TRAIN_FLOPS_PER_FORWARD * flops[median.trial_id] / max(image_seconds, 1e-12)
+        return {s.trial_id: rate for s in specs}, {median.trial_id}
+    distinct = list({(s.arch, s.geometry): s for s in by_flops}.values())
+    picks = distinct if len(distinct) <= MAX_TIMED else [
+        distinct[round(i * (len(distinct) - 1) / (MAX_TIMED - 1))] for i in range(MAX_TIMED)]
+    measured = {p.trial_id: TRAIN_FLOPS_PER_FORWARD * flops[p.trial_id] / max(time_training(p, device, threads), 1e-12)
+                for p in picks}
+
+    def nearest(s: TrialSpec) -> TrialSpec:  # the same architecture if it was timed
+        return min(picks, key=lambda p: (abs(math.log(flops[p.trial_id] / flops[s.trial_id])),
+                                         (p.arch, p.geometry) != (s.arch, s.geometry)))
+
+    return {s.trial_id: measured[nearest(s).trial_id] for s in specs}, set(measured)
+    distinct = list({(s.arch, s.geometry): s for s in by_flops}.values())
+    picks = distinct if len(distinct) <= MAX_TIMED else [
+        distinct[round(i * (len(distinct) - 1) / (MAX_TIMED - 1))] for i in range(MAX_TIMED)]
+    measured = {p.trial_id: TRAIN_FLOPS_PER_FORWARD * flops[p.trial_id] / max(time_training(p, device, threads), 1e-12)
+                for p in picks}
+    out = _Rates()
+    for s in specs:
+        near = min(picks, key=lambda p: abs(math.log(flops[p.trial_id]) - math.log(flops[s.trial_id])))
+        same = next((p for p in picks if (p.arch, p.geometry) == (s.arch, s.geometry)), near)
+        out[s.trial_id] = measured[same.trial_id]
+    out.timed = set(measured)
+    return out

@@ -468,6 +468,9 @@ def _table_row(t: TrialRecord, others: Sequence[Objective], formats: Mapping[str
     )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def _samples_html(t: TrialRecord) -> str:
     """The trial's sample grid inlined as a data URI (the page stays one self-contained file); "–"
     when the trial has none or its file is gone."""
@@ -476,7 +479,10 @@ def _samples_html(t: TrialRecord) -> str:
     path = Path(t.samples_png) if t.samples_png else None
     if path is None or not path.is_file():
         return "–"
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    content = path.read_bytes()
+    if not content.startswith(PNG_SIGNATURE):  # only a picture is inlined, never another file's contents
+        return "–"
+    data = base64.b64encode(content).decode("ascii")
     title = html.escape(f"{t.name}: one row per class, fixed noise per column")
     return f'<img class="samples" alt="samples of {html.escape(t.trial_id)}" title="{title}" src="data:image/png;base64,{data}">'
 

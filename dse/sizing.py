@@ -118,12 +118,17 @@ def enumerate_candidates(space: SpaceConfig, geometry: Geometry) -> list[Candida
                            f"(e.g. heads = [{', '.join(map(str, divisors(widths[0])[1:4]))}] for width {widths[0]})")
     found = []
     for w in widths:
+        fits = []  # (depth, params) of this width in the band
         for d in range(space.min_depth, space.max_depth + 1):
             n = count_params(StudentArch(d, w, 1, space.mlp_ratio), geometry)  # heads do not change the count
             if n > hi:
                 break
             if n >= lo:
-                found.extend(Candidate(StudentArch(d, w, h, space.mlp_ratio), n) for h in _heads_for(w, space.heads))
+                fits.append((d, n))
+        if space.depths == "closest" and fits:  # one depth per width, as the paper's Table 2
+            fits = [min(fits, key=lambda dn: (abs(dn[1] - budget), dn[0]))]
+        for d, n in fits:
+            found.extend(Candidate(StudentArch(d, w, h, space.mlp_ratio), n) for h in _heads_for(w, space.heads))
     if not found:
         raise DseError(_no_fit_message(space, geometry, budget))
     return sorted(found, key=lambda c: (c.params, c.arch.width, c.arch.depth, c.arch.heads))

@@ -19,7 +19,7 @@ from typing import Callable
 from dse.config import Geometry, StudyConfig, dataset_geometry, parse_address, study_from_dict
 from dse.errors import DseError
 from dse.fileio import atomic_write, check_folder
-from dse.layout import ARTIFACTS_DIR, LAST_CHECKPOINT, StudyLayout, check_name, study_names
+from dse.layout import ARTIFACTS_DIR, LAST_CHECKPOINT, SAMPLES_FILE, StudyLayout, check_name, study_names
 from dse.sizing import Candidate, enumerate_candidates, parse_budget, propose
 from dse.store import ResultsStore, is_null
 from dse.trial import TrialSpec
@@ -230,7 +230,7 @@ def measure_latency_pass(plan: StudyPlan, on_event: OnEvent | None = None) -> in
         todo = todo[todo["trial_id"].isin(set(claims.got))]
         for record in todo.to_dict("records"):
             row = {k: (None if is_null(v) else v) for k, v in record.items()}
-            row = measure_deferred_latency(row, plan.config.run.device)
+            row = measure_deferred_latency(row, plan.config.run.device, plan.layout.artifacts_dir(row["trial_id"]))
             store.write(row)
             claims.release([row["trial_id"]])
             if on_event:
@@ -296,8 +296,19 @@ def write_study_report(plan: StudyPlan, df=None) -> Path:
     proposal = plan.proposal
     proposed = None if proposal is None else proposal.to_dict()
     title = f"dse study {plan.config.name}: {plan.config.dataset}, budget {plan.config.space.budget}"
-    rows = plan.store.read() if df is None else df
+    rows = (plan.store.read() if df is None else df).copy()
+    # the sample grids shown are those in the study's own artifacts folders, whatever a row names
+    rows["samples_png"] = [_own_samples(plan, tid) for tid in rows["trial_id"]]
     return write_report(rows, plan.report_path, proposed=proposed, title=title)
+
+
+def _own_samples(plan: StudyPlan, trial_id: str) -> str | None:
+    """The trial's sample grid in the study's artifacts folder, if the id is a safe name and it is there."""
+    try:
+        path = plan.layout.artifacts_dir(trial_id) / SAMPLES_FILE
+    except DseError:
+        return None
+    return str(path) if path.is_file() else None
 
 
 STATUS_KINDS = ("done", "running", "failed", "stopped", "pending")

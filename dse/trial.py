@@ -195,18 +195,22 @@ def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | 
     return row
 
 
-def measure_deferred_latency(row: dict[str, Any], device: str = "auto") -> dict[str, Any]:
+def measure_deferred_latency(row: dict[str, Any], device: str = "auto", artifacts_dir: str | Path | None = None,
+                             ) -> dict[str, Any]:
     """The row of a trial that deferred its latency, completed by `evaluation.measure_speed` on its saved
-    student; a failure marks the row failed with the error. Used by the study's latency pass."""
+    student; a failure marks the row failed with the error. Used by the study's latency pass, which
+    gives the trial's `artifacts_dir` from the study's layout: the student is read from there and the
+    ONNX file written there, whatever path the (possibly edited) row names."""
     from dse import evaluation
     from dse.config import eval_from_dict
 
     row = dict(row)
     try:
         cfg = eval_from_dict(json.loads(row["config_json"])["eval"], source=f"trial {row['trial_id']}")
-        model, _ = evaluation.load_student(row["checkpoint"])
+        checkpoint = Path(artifacts_dir) / evaluation.STUDENT_FILE if artifacts_dir is not None else Path(row["checkpoint"])
+        model, _ = evaluation.load_student(checkpoint)
         dev = resolve_device(device)
-        onnx_path = Path(row["checkpoint"]).parent / evaluation.ONNX_FILE
+        onnx_path = checkpoint.parent / evaluation.ONNX_FILE
         row.update(evaluation.measure_speed(model.to(dev), cfg, device=dev, onnx_path=onnx_path))
     except Exception as exc:  # noqa: BLE001 - recorded in the row like any failure of a trial
         row["status"], row["error"] = "failed", f"latency: {type(exc).__name__}: {exc}"

@@ -111,6 +111,12 @@ def test_space_with_a_budget_and_no_space_file_lists_the_papers_widths_with_rule
     assert widths <= set(default_widths()) and {96, 128, 192, 256} <= widths  # not only the demo's 32, 48, 64
     assert {(r["width"], r["heads"]) for r in rows} == {(64, 8), (96, 8), (128, 8), (192, 12), (256, 16)}
     assert [(r["depth"], r["width"]) for r in rows if r["design_rule"]] == [(7, 192)]
+    # one depth per width, the one closest to the budget (the paper's Table 2), not depths 54-64 at width 64
+    assert sorted(r["width"] for r in rows) == [64, 96, 128, 192, 256]
+    for r in rows:
+        others = [n for d in range(1, 65) if 4_000_000 <= (n := count_params(StudentArch(d, r["width"], 1), DIGITS))
+                  <= 5_100_000]  # every depth of that width in the space and the band
+        assert all(abs(r["params"] - 5_000_000) <= abs(n - 5_000_000) for n in others)
     demo = dse("space", "--json")  # no budget: the demo as it is
     assert {r["width"] for r in json.loads(demo.stdout)["candidates"]} == {32, 48, 64}
 

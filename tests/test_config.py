@@ -317,7 +317,7 @@ def test_a_patch_size_that_does_not_divide_the_image_names_the_ones_that_do(data
 def test_the_paper_widths_keep_the_rest_of_the_study():
     demo = load_study(ROOT / "search_spaces" / "demo.toml")
     paper = with_paper_widths(demo)
-    assert (paper.space.widths, paper.space.heads) == ((), "rule")
+    assert (paper.space.widths, paper.space.heads, paper.space.depths) == ((), "rule", "closest")
     assert dataclasses.replace(paper, space=demo.space) == demo
 
 

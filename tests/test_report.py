@@ -341,3 +341,13 @@ def test_sample_grids_are_inlined_and_a_missing_one_is_a_dash(df, tmp_path):
     assert [base64.b64decode(u) for u in uris] == [png.read_bytes()]  # only the grid that exists, unchanged
     rows = re.findall(r"<tr class=[^>]*>(.*?)</tr>", page, re.S)
     assert len(rows) == len(df) and sum("data:image/png" in r for r in rows) == 1
+
+
+def test_a_row_naming_a_file_that_is_not_a_png_inlines_nothing(df, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a private file a tampered row points at")
+    df = df.copy()
+    df["samples_png"] = None
+    df.loc[df.index[0], "samples_png"] = str(secret)
+    page = render_html(compute_report_data(df, proposed=PROPOSED))
+    assert "<img class=\"samples\"" not in page and "a tampered row points at" not in page

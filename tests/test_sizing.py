@@ -114,6 +114,24 @@ def test_group_heads_gives_one_row_per_depth_and_width():
     ]
 
 
+def test_closest_depths_keep_one_depth_per_width_the_one_nearest_the_budget():
+    every = enumerate_candidates(SpaceConfig(budget="0.42M", heads="rule"), CIFAR)
+    closest = enumerate_candidates(SpaceConfig(budget="0.42M", heads="rule", depths="closest"), CIFAR)
+    assert len({c.arch.width for c in every}) == len(closest) < len(every)
+    for c in closest:
+        same_width = [e.params for e in every if e.arch.width == c.arch.width]
+        assert abs(c.params - 420_000) == min(abs(n - 420_000) for n in same_width)
+    # the paper's Table 2 models at 0.42M are the closest depth of their widths
+    assert {(1, 128), (2, 96), (5, 64), (9, 48), (21, 32)} <= {(c.arch.depth, c.arch.width) for c in closest}
+
+
+def test_an_unknown_depths_choice_is_refused():
+    from dse.config import study_from_dict
+
+    with pytest.raises(DseError, match="depths must be one of 'all', 'closest'"):
+        study_from_dict({"space": {"budget": "5M", "depths": "some"}})
+
+
 def test_hard_cap_excludes_models_over_the_budget():
     cands = enumerate_candidates(SpaceConfig(budget="421000", upper=1.0), CIFAR)
     assert max(c.params for c in cands) <= 421_000

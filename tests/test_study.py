@@ -1,6 +1,7 @@
 """Study orchestration without training: which trials a run trains (resume, retry, claims), and the
 status of a study, with a fake executor and hand-made rows and claims."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -209,9 +210,32 @@ def test_the_latency_pass_measures_only_rows_it_claims(cfg, monkeypatch):
     plan.store.claims_dir.mkdir(parents=True)
     (plan.store.claims_dir / f"{ids[1]}.claim").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started_at": "x"}))
     measured = []
-    monkeypatch.setattr(dse.trial, "measure_deferred_latency", lambda row, device: measured.append(row["trial_id"]) or {**row, "latency_s": 0.5})
+    monkeypatch.setattr(dse.trial, "measure_deferred_latency", lambda row, device, artifacts_dir: measured.append(row["trial_id"]) or {**row, "latency_s": 0.5})
     assert study_mod.measure_latency_pass(plan) == 2 and measured == [ids[0], ids[2]]
     assert study_mod.measure_latency_pass(plan) == 0 and measured == [ids[0], ids[2]]
+
+
+def test_the_latency_pass_reads_and_writes_only_the_trials_own_folder(cfg, tmp_path):
+    """A row whose `checkpoint` was edited to name a file elsewhere: the pass measures the student in
+    the trial's own artifacts folder and writes its ONNX file there, never beside the named file."""
+    from dse.evaluation import save_student
+    from dse.models.dit import DiT
+
+    plan = study_mod.plan_study(cfg)
+    spec = plan.specs[0]
+    own = plan.layout.artifacts_dir(spec.trial_id)
+    save_student(own / "student.pt", DiT(spec.arch, spec.geometry), dataset=cfg.dataset)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "student.pt").write_bytes(b"not a student")
+    eval_cfg = {**dataclasses.asdict(spec.eval), "latency_num_images": 8, "latency_batch": 4, "latency_repeats": 1}
+    plan.store.write(_row(cfg, 0, latency_s=None, checkpoint=str(elsewhere / "student.pt"),
+                          config_json=json.dumps({"eval": eval_cfg})))
+    assert study_mod.measure_latency_pass(plan) == 1
+    row = plan.store.read().iloc[0]
+    assert row["status"] == "complete" and row["latency_s"] > 0, row["error"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["student.pt"]
+    assert (own / "student.onnx").is_file() or not spec.eval.onnx
 
 
 def test_dse_status_prints_one_screen_and_unknown_studies_are_one_line(cfg, executor, capsys):
@@ -451,3 +475,23 @@ def test_dse_run_refuses_a_read_only_results_folder(tmp_path):
         subprocess.run(["umount", str(ro)], capture_output=True)
     assert "read-only file system" in _one_line_error(out)
     assert _files(src) == [] and not (tmp_path / "P").exists()
+
+
+def test_the_report_shows_only_sample_grids_of_the_studys_own_folders(cfg, tmp_path):
+    """A row naming a sample grid elsewhere (an edited store): the report shows the grid in the
+    trial's own artifacts folder, or none, never the named file."""
+    import base64
+    import re
+
+    plan = study_mod.plan_study(cfg)
+    own_png = b"\x89PNG\r\n\x1a\nthe trial's own grid"
+    own = plan.layout.artifacts_dir(plan.specs[0].trial_id)
+    own.mkdir(parents=True)
+    (own / "samples.png").write_bytes(own_png)
+    elsewhere = tmp_path / "elsewhere.png"
+    elsewhere.write_bytes(b"\x89PNG\r\n\x1a\nsomebody else's picture")
+    plan.store.write(_row(cfg, 0, samples_png=str(elsewhere)))
+    plan.store.write(_row(cfg, 1, samples_png=str(elsewhere)))
+    page = study_mod.write_study_report(plan).read_text()
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert [base64.b64decode(u) for u in uris] == [own_png]
