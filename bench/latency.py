@@ -36,10 +36,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dse.config import Geometry, StudentArch
 from dse.metrics.latency import measure_latency
 from dse.models.dit import DiT
 from dse.sizing import count_params, forward_flops
+from dse.types import Geometry, StudentArch
 
 CIFAR = Geometry(32, 3, 10, 2)
 PAPER_IMAGES, PAPER_BATCH, GUIDANCE = 50_000, 128, 1.5

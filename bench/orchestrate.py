@@ -33,13 +33,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dse.config import EvalConfig, Geometry, StudentArch, TrainConfig  # noqa: E402
+from dse.config import EvalConfig, TrainConfig  # noqa: E402
 from dse.store import ResultsStore  # noqa: E402
 from dse.trial import TrialSpec  # noqa: E402
+from dse.types import Geometry, StudentArch
 
 
 def make_pairs(root: Path) -> Path:
-    from dse.teacher import generate_pairs
+    from dse.teacher.generate import generate_pairs
     from dse.teacher.edm import SamplerSettings
 
     return generate_pairs(root / "digits", num_pairs=512, settings=SamplerSettings(num_steps=6), shard_size=512)

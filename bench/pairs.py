@@ -25,11 +25,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dse.config import Geometry  # noqa: E402
 from dse.data.datasets import load_dataset  # noqa: E402
 from dse.data.pairs import PairBatches, PairWriter  # noqa: E402
-from dse.teacher import make_teacher, pair_batch  # noqa: E402
 from dse.teacher.edm import SamplerSettings, heun_sample  # noqa: E402
+from dse.teacher.generate import pair_batch  # noqa: E402
+from dse.teacher.registry import make_teacher  # noqa: E402
+from dse.types import Geometry  # noqa: E402
 
 CIFAR_SUBSET = ROOT.parent / "shared" / "assets" / "cifar10_exact_subset.npz"
 

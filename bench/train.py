@@ -27,11 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dse.config import Geometry, StudentArch, TrainConfig  # noqa: E402
+from dse.config import TrainConfig  # noqa: E402
 from dse.data.pairs import PairStore, PairWriter  # noqa: E402
 from dse.distill.train import train_student  # noqa: E402
 from dse.models.dit import DiT  # noqa: E402
 from dse.sizing import count_params, forward_flops  # noqa: E402
+from dse.types import Geometry, StudentArch
 
 CIFAR = Geometry(32, 3, 10)
 ARCHS = [StudentArch(5, 64, 8), StudentArch(7, 192, 12)]

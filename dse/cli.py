@@ -15,10 +15,10 @@ from typing import Optional
 
 import typer
 
-from dse.config import (Geometry, SpaceConfig, StudyConfig, dataset_geometry, load_study, parse_assignments,
-                        with_overrides, with_paper_widths)
+from dse.config import StudyConfig, dataset_geometry, parse_assignments, study_for_run, study_for_sizing
 from dse.errors import DseError
-from dse.layout import check_name
+from dse.events import FAILED, STOPPED
+from dse.types import Geometry
 
 app = typer.Typer(
     help="Find the best tiny Diffusion Transformer for a parameter budget by distillation.",
@@ -26,8 +26,6 @@ app = typer.Typer(
 )
 teacher_app = typer.Typer(help="Make and inspect teacher (noise, label, image) pairs.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
-
-DEMO_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.toml"
 
 SpaceOpt = typer.Option(None, "--space", help="Search-space TOML file [default: search_spaces/demo.toml].")
 BudgetOpt = typer.Option(None, "--budget", help='Parameter budget: 420k, 0.42M, 5M, 5e6 or 5000000.')
@@ -42,23 +40,6 @@ PatchOpt = typer.Option(None, "--patch-size", help="DiT patch size [the space's;
 
 def _echo(text: str = "") -> None:
     typer.echo(text)
-
-
-def _study(space_file: Optional[Path], **overrides: dict) -> StudyConfig:
-    return _overridden(_space_or_demo(space_file, overrides["space"]["budget"]), **overrides)
-
-
-def _space_or_demo(space_file: Optional[Path], budget: Optional[str]) -> StudyConfig:
-    """The space file; without one the demo, and with a budget the demo over the paper's widths."""
-    if space_file:
-        return load_study(space_file)
-    demo = load_study(DEMO_SPACE)
-    return with_paper_widths(demo) if budget else demo
-
-
-def _overridden(cfg: StudyConfig, **overrides: dict) -> StudyConfig:
-    """`cfg` with the options the user gave (None: not given), validated again only if any was."""
-    return with_overrides(cfg, **overrides) if any(v is not None for o in overrides.values() for v in o.values()) else cfg
 
 
 def _geometry(cfg: StudyConfig, image_size: Optional[int], channels: Optional[int], num_classes: Optional[int],
@@ -104,34 +85,25 @@ def run(
     Exit code: 0 every trial completed (or was stopped by --halving), 1 some trials failed (the
     summary says which; `dse status NAME` says why), 2 a mistake refused before anything ran,
     130 interrupted (run the same command again to resume)."""
-    from dse.sizing import format_count, parse_budget
     from dse.study import preflight, run_study
 
-    base = _space_or_demo(space, budget)
-    if study is not None:
-        check_name(study)
-    name = study if study is not None else (f"{base.name}-{format_count(parse_budget(budget))}" if budget else None)
-    options = {
-        "study": {"name": name}, "space": {"budget": budget, "lower": lower, "upper": upper},
-        "train": {"steps": steps}, "eval": {"num_samples": fid_samples},
-        "run": {"device": device, "results_dir": results_dir, "reports_dir": reports_dir,
-                "retry_failed": retry_failed or None, "search": search, "num_samples": num_samples,
-                "halving": halving, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
-                "address": address},
-    }
-    for section, values in parse_assignments(assignments or []).items():
-        options.setdefault(section, {}).update(values)
-    cfg = _overridden(base, **options)
-    plan = preflight(cfg)  # validates before anything is written (the cluster: when the run connects)
+    cfg = study_for_run(
+        space, name=study, assignments=assignments, space={"budget": budget, "lower": lower, "upper": upper},
+        train={"steps": steps}, eval={"num_samples": fid_samples},
+        run={"device": device, "results_dir": results_dir, "reports_dir": reports_dir,
+             "retry_failed": retry_failed or None, "search": search, "num_samples": num_samples,
+             "halving": halving, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
+             "address": address},
+    )
+    plan = preflight(cfg)  # planned and checked once, before anything is written (the cluster: when the run connects)
     _echo(f"study {cfg.name}: {len(plan.specs)} trials ({len(plan.candidates)} architectures x "
           f"{len(cfg.trainings())} trainings) on {cfg.dataset}, budget {cfg.space.budget}")
     if plan.proposal:
         _echo(f"design rule: {plan.proposal.arch.name} ({plan.proposal.params:,} params)")
     from dse.estimate import estimate_study
     from dse.progress import TrialBoard, format_duration, live_table, outcome_summary
-    from dse.study import trials_to_run
 
-    todo = trials_to_run(plan.specs, plan.store.statuses(), cfg.run.retry_failed)
+    todo = plan.to_run()
     guess = estimate_study(cfg, todo)
     if dry_run:
         _echo_dry_run(cfg, guess, skipped=len(plan.specs) - len(todo))
@@ -145,7 +117,7 @@ def run(
     steps = {s.trial_id: (0 if s.train.epochs else s.train.steps) for s in plan.specs}
     board = TrialBoard([s.trial_id for s in plan.specs], steps, stored=plan.store.completed_ids())
     with live_table(board, enabled=live) as on_event:
-        outcome = run_study(cfg, on_event=on_event, on_pairs=on_event.on_pairs)
+        outcome = run_study(plan, on_event=on_event, on_pairs=on_event.on_pairs)
     _echo()
     for line in outcome_summary(outcome, elapsed_s=board.elapsed()):
         _echo(line)
@@ -188,24 +160,17 @@ def space_cmd(
 ) -> None:
     """List the architectures that fit a budget, with their parameter counts (one row per depth and
     width, with every head count of it: heads do not change the count)."""
-    from dse.sizing import enumerate_candidates, group_heads, propose
+    from dse.sizing import candidate_table
 
-    cfg = _study(space, space={"budget": budget, "lower": lower, "upper": upper})
+    cfg = study_for_sizing(space, own_geometry=image_size is not None, budget=budget, lower=lower, upper=upper)
     geometry = _geometry(cfg, image_size, channels, num_classes, patch_size)
-    s: SpaceConfig = cfg.space
-    if space is None and image_size is not None:  # explicit geometry: the paper's full space, not the demo's
-        s = SpaceConfig(budget=s.budget, lower=s.lower, upper=s.upper)
-    candidates = enumerate_candidates(s, geometry)
-    try:
-        rule = propose(s.budget, geometry, lower=s.lower, upper=s.upper).arch
-    except DseError:
-        rule = None
-    rows = [{**c.to_dict(), "design_rule": c.arch == rule} for c in candidates]
+    table = candidate_table(cfg.space, geometry)
+    s, rows, rule = cfg.space, table.rows(), table.rule.arch if table.rule else None
     if json_out:
         _echo(json.dumps({"budget": s.budget, "geometry": geometry.__dict__, "lower": s.lower, "upper": s.upper,
                           "candidates": rows}, indent=2))
         return
-    groups = group_heads(candidates)
+    groups = table.groups()
     _echo(f"{len(rows)} architectures ({len(groups)} depth x width) for {_geometry_text(geometry)} at budget "
           f"{s.budget} (band {s.lower:g}x-{s.upper:g}x)")
     heads = [",".join(map(str, g["heads"])) for g in groups]
@@ -225,9 +190,9 @@ def propose_cmd(
     """The paper's design-rule architecture for a budget: d = floor(log2 w), h = lower median divisor of w."""
     from dse.sizing import propose
 
-    cfg = _study(space, space={"budget": budget, "lower": lower, "upper": upper})
+    cfg = study_for_sizing(space, budget=budget, lower=lower, upper=upper)
     geometry = _geometry(cfg, image_size, channels, num_classes, patch_size)
-    c = propose(cfg.space.budget, geometry, lower=cfg.space.lower, upper=cfg.space.upper)
+    c = propose(cfg.space.budget_params, geometry, lower=cfg.space.lower, upper=cfg.space.upper)
     if json_out:
         _echo(json.dumps({"budget": cfg.space.budget, "geometry": geometry.__dict__, **c.to_dict()}))
     else:
@@ -354,7 +319,8 @@ def status_cmd(
 
 def _counts_text(s: dict) -> str:
     c = s["counts"]
-    return f"{c['done']}/{s['total']} done, {c['running']} running, {c['failed']} failed, {c['stopped']} stopped, {c['pending']} pending"
+    return (f"{c['done']}/{s['total']} done, {c['running']} running, {c[FAILED]} failed, {c[STOPPED]} stopped, "
+            f"{c['pending']} pending")
 
 
 def _status_text(s: dict, most: int = 15) -> str:
@@ -364,14 +330,14 @@ def _status_text(s: dict, most: int = 15) -> str:
         lines.append(f"{len(s['resumable'])} pending with a checkpoint: `dse run` resumes them")
     for kind, items, text in (
         ("running", s["running"], lambda r: f"{r['trial_id']:<34} on {r['host']} pid {r['pid']} since {r['started_at']}"),
-        ("failed", s["failed"], lambda r: f"{r['trial_id']:<34} {(r['error'].splitlines() or [''])[0][:100]}"),
+        (FAILED, s[FAILED], lambda r: f"{r['trial_id']:<34} {(r['error'].splitlines() or [''])[0][:100]}"),
     ):
         if items:
             lines.append(f"{kind}:")
             lines += [f"  {text(r)}" for r in items[:most]]
             if len(items) > most:
                 lines.append(f"  ... and {len(items) - most} more (--json lists all)")
-    if s["failed"]:
+    if s[FAILED]:
         lines.append("`dse run --retry-failed` runs the failed ones again")
     return "\n".join(lines)
 
@@ -379,7 +345,7 @@ def _status_text(s: dict, most: int = 15) -> str:
 @app.command("assets")
 def assets_cmd(as_json: bool = JsonOpt) -> None:
     """List the pretrained weights dse uses (Inception for FID, LPIPS trunks, ...): found where, or how to get them."""
-    from dse.metrics.assets import describe_assets
+    from dse.assets.status import describe_assets
 
     found = describe_assets()
     if as_json:
@@ -423,7 +389,7 @@ def teacher_generate(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
 ) -> None:
     """Sample (noise, label, image) pairs from a teacher with EDM's Heun sampler."""
-    from dse.teacher import generate_pairs
+    from dse.teacher.generate import generate_pairs
     from dse.teacher.edm import SamplerSettings
     from dse.device import resolve_device
 

@@ -1,5 +1,5 @@
-"""Owns the study configuration: frozen dataclasses, TOML loading, the budget parsed once, and
-validation of every key (no torch, no ray).
+"""Owns the study configuration: frozen dataclasses, TOML loading, the budget parsed once, the names
+a study may use, validation of every key, and the study a command's options describe (no torch, no ray).
 
 A search-space file (`search_spaces/*.toml`) has the sections `[study]`, `[data]`, `[teacher]`,
 `[space]`, `[train]`, `[eval]` and `[run]`; every key is optional except `space.budget`, and an
@@ -12,6 +12,7 @@ float such as 1e3, a bool is never a number) and every number against its range 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -24,21 +25,8 @@ from typing import Any, Callable, get_args, get_origin, get_type_hints
 
 from dse.device import check_device_name
 from dse.errors import DseError
-from dse.layout import check_name
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """What the student generates: square images of `channels` x `image_size`^2, `num_classes` labels."""
-
-    image_size: int = 32
-    channels: int = 3
-    num_classes: int = 10
-    patch_size: int = 2
-
-    @property
-    def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+from dse.layout import PAIRS_DIR, check_name
+from dse.types import Geometry, StudentArch  # noqa: F401  (re-exported: the value types every section uses)
 
 
 # The geometry of each data set dse knows (dse.data.datasets registers a loader under each name),
@@ -64,24 +52,10 @@ def dataset_geometry(name: str, patch_size: int = 2) -> Geometry:
 
 
 @dataclass(frozen=True)
-class StudentArch:
-    """A DiT student: `depth` blocks of width `width` with `heads` attention heads."""
-
-    depth: int
-    width: int
-    heads: int
-    mlp_ratio: float = 4.0
-
-    @property
-    def name(self) -> str:
-        return f"d{self.depth}-w{self.width}-h{self.heads}"
-
-
-@dataclass(frozen=True)
 class TeacherConfig:
     """How the offline (noise z, label y, image x) pairs are made: teacher, EDM sampler settings."""
 
-    kind: str = "empirical"  # empirical | trained | external | store (use the pairs at pairs_dir as they are)
+    kind: str = "empirical"  # TEACHER_KINDS: empirical | trained | external | store (use the pairs at pairs_dir as they are)
     source: str = ""  # trained: checkpoint path; external: TorchScript file or module:function
     num_pairs: int = 4096
     pairs_dir: str = ""  # default: results/pairs/<dataset>-<kind>-<num_pairs>
@@ -120,6 +94,12 @@ class SpaceConfig:
     mlp_ratio: float = 4.0
     setups: tuple[str, ...] = ("get",)
     losses: tuple[str, ...] = ("l2",)
+
+    @functools.cached_property
+    def budget_params(self) -> int:
+        """`budget` as a number of parameters: parsed once (by `validate`, for a loaded study; on first
+        use, for a SpaceConfig built by hand) and kept; a DseError for a budget that is no count."""
+        return parse_budget(self.budget)
 
 
 @dataclass(frozen=True)
@@ -255,7 +235,7 @@ class StudyConfig:
         if self.teacher.pairs_dir:
             return Path(self.teacher.pairs_dir)
         t = self.teacher
-        return Path(self.run.results_dir) / "pairs" / f"{self.dataset}-{t.kind}-{t.num_pairs}-s{t.seed}"
+        return Path(self.run.results_dir) / PAIRS_DIR / f"{self.dataset}-{t.kind}-{t.num_pairs}-s{t.seed}"
 
     def to_raw(self) -> dict[str, Any]:
         """The config in the sectioned layout of a space file (what `study_from_dict` reads)."""
@@ -282,9 +262,15 @@ _SECTIONS = {
     "eval": EvalConfig,
     "run": RunConfig,
 }
+# The names a study may use, kept here as light tables (config imports no torch); each equals the
+# registry of the module that owns the plug-ins (tests/test_registries.py checks it).
 KNOWN_SETUPS = ("get", "mi1", "ta", "dmd")  # dse.distill.setups.SETUPS
-KNOWN_LOSSES = ("l1", "l2", "lpips")  # dse.distill.losses.LOSS_NAMES
-KNOWN_EXTRACTORS = ("auto", "inception-v3-compat", "inception-v3-fid-helper", "dse-digits-classifier-v1")  # metrics/fid.py
+KNOWN_LOSSES = ("l1", "l2", "lpips")  # dse.distill.losses.LOSSES
+KNOWN_EXTRACTORS = ("auto", "inception-v3-compat", "inception-v3-fid-helper", "dse-digits-classifier-v1")  # dse.metrics.extractors
+TEACHER_KINDS = ("empirical", "trained", "external", "store")  # the teacher registry, plus the pairs of a given store
+SEARCHES = ("grid", "optuna")  # run.search: the executor's searchers
+LPIPS_NETS = ("alex", "vgg")  # dse.assets.lpips.TRUNKS
+SPLITS = ("train", "test")  # dse.data.datasets.SPLITS: what eval.reference may name
 
 Rule = tuple[Callable[[float], bool], str]
 _POSITIVE: Rule = (lambda v: v > 0, "must be positive (> 0)")
@@ -327,6 +313,15 @@ RANGES: dict[str, dict[str, Rule]] = {
 
 _BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*([kKmM]?)\s*$")
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000}
+
+
+def format_count(n: int | float) -> str:
+    """420864 -> '421k', 4881612 -> '4.88M' (for tables and messages)."""
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.3g}k"
+    return str(int(n))
 
 
 def parse_budget(budget: str | int | float) -> int:
@@ -499,7 +494,7 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         if cfg.run.address:
             parse_address(cfg.run.address)
         dataset_geometry(cfg.dataset, cfg.patch_size)
-        parse_budget(s.budget)
+        s.budget_params  # parsed here, once, and kept on the space
     except DseError as exc:
         raise DseError(f"{source}: {exc}") from None
     for section in ("teacher", "space", "run"):
@@ -528,14 +523,19 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         _validate_train(train, source if not cfg.variants else f"{source}: variant {name!r}")
     if cfg.teacher.image_dtype not in ("float32", "float16"):
         raise DseError(f"{source}: teacher.image_dtype must be float32 or float16 (got {cfg.teacher.image_dtype!r})")
-    if cfg.teacher.kind not in ("empirical", "trained", "external", "store"):
-        raise DseError(f"{source}: teacher.kind must be empirical, trained, external or store (got {cfg.teacher.kind!r})")
+    if cfg.teacher.kind not in TEACHER_KINDS:
+        raise DseError(f"{source}: teacher.kind must be {_either(TEACHER_KINDS)} (got {cfg.teacher.kind!r})")
     if cfg.teacher.kind == "store" and not cfg.teacher.pairs_dir:
         raise DseError(f"{source}: teacher.kind = \"store\" needs teacher.pairs_dir (e.g. pairs made by `dse teacher import-get`)")
     if cfg.teacher.kind in ("trained", "external") and not cfg.teacher.source:
         raise DseError(f"{source}: teacher.kind = {cfg.teacher.kind!r} needs teacher.source (a checkpoint, or a TorchScript file / module:function)")
-    if cfg.run.search not in ("grid", "optuna"):
-        raise DseError(f"{source}: run.search must be grid or optuna (got {cfg.run.search!r})")
+    if cfg.run.search not in SEARCHES:
+        raise DseError(f"{source}: run.search must be {_either(SEARCHES)} (got {cfg.run.search!r})")
+
+
+def _either(names: tuple[str, ...]) -> str:
+    """("a", "b", "c") -> "a, b or c"."""
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def eval_from_dict(values: dict[str, Any], source: str = "options") -> EvalConfig:
@@ -547,8 +547,8 @@ def eval_from_dict(values: dict[str, Any], source: str = "options") -> EvalConfi
 
 def _validate_eval(e: EvalConfig, source: str) -> None:
     _check_numbers(e, "eval", source)
-    if e.reference not in ("train", "test"):
-        raise DseError(f"{source}: eval.reference must be train or test (got {e.reference!r})")
+    if e.reference not in SPLITS:
+        raise DseError(f"{source}: eval.reference must be {_either(SPLITS)} (got {e.reference!r})")
     if e.extractor not in KNOWN_EXTRACTORS:
         raise DseError(f"{source}: eval.extractor must be one of {', '.join(KNOWN_EXTRACTORS)} (got {e.extractor!r})")
 
@@ -559,8 +559,8 @@ def _validate_train(t: TrainConfig, where: str) -> None:
     if t.setup not in KNOWN_SETUPS or t.loss not in KNOWN_LOSSES:
         raise DseError(f"{where}: train.setup {t.setup!r} / train.loss {t.loss!r}: known setups {', '.join(KNOWN_SETUPS)}, "
                        f"losses {', '.join(KNOWN_LOSSES)}")
-    if t.lpips_net not in ("alex", "vgg"):
-        raise DseError(f"{where}: train.lpips_net must be alex or vgg (got {t.lpips_net!r})")
+    if t.lpips_net not in LPIPS_NETS:
+        raise DseError(f"{where}: train.lpips_net must be {_either(LPIPS_NETS)} (got {t.lpips_net!r})")
     if t.mi1_sigma_min >= t.mi1_sigma_max:
         raise DseError(f"{where}: train.mi1_sigma_min must be below train.mi1_sigma_max (got {t.mi1_sigma_min} and {t.mi1_sigma_max})")
     if t.setup == "mi1":
@@ -636,3 +636,55 @@ def with_overrides(cfg: StudyConfig, **sections: dict[str, Any]) -> StudyConfig:
     for section, values in sections.items():
         raw[section].update({k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None})
     return study_from_dict(raw, source="options")
+
+
+# The embedded default space: what a command uses without --space.
+DEMO_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.toml"
+
+
+def study_or_demo(space_file: str | Path | None, budget: str | None = None) -> StudyConfig:
+    """The space file; without one the demo, and with a budget the demo over the paper's widths
+    (`with_paper_widths`)."""
+    if space_file:
+        return load_study(space_file)
+    demo = load_study(DEMO_SPACE)
+    return with_paper_widths(demo) if budget else demo
+
+
+def default_study_name(cfg: StudyConfig, budget: str | None) -> str | None:
+    """The name `dse run` gives a study: the space's name plus the --budget given (`demo-5M`); None
+    (the space's own name) without one."""
+    return f"{cfg.name}-{format_count(parse_budget(budget))}" if budget else None
+
+
+def with_options(cfg: StudyConfig, **sections: dict[str, Any]) -> StudyConfig:
+    """`cfg` with the options a user gave (None: not given), validated again only if any was."""
+    given = any(v is not None for values in sections.values() for v in values.values())
+    return with_overrides(cfg, **sections) if given else cfg
+
+
+def study_for_run(space_file: str | Path | None, *, name: str | None = None, assignments: list[str] | None = None,
+                  **sections: dict[str, Any]) -> StudyConfig:
+    """The study `dse run` runs: the space file or the demo (`study_or_demo`), named `name` or
+    `default_study_name`, with the options given (`sections`: {section: {key: value or None}},
+    `space.budget` among them) and then the `--set` assignments applied; validated."""
+    budget = sections.get("space", {}).get("budget")
+    base = study_or_demo(space_file, budget)
+    if name is not None:
+        check_name(name)
+    options = {**sections, "study": {"name": name if name is not None else default_study_name(base, budget)}}
+    for section, values in parse_assignments(assignments or []).items():
+        options[section] = {**options.get(section, {}), **values}
+    return with_options(base, **options)
+
+
+def study_for_sizing(space_file: str | Path | None, *, own_geometry: bool = False, **space: Any) -> StudyConfig:
+    """The study `dse space` and `dse propose` size for: the space file or the demo (`study_or_demo`)
+    with the [space] keys given (None: not given); with `own_geometry` (the user gives the image
+    geometry) and no space file, the default space with only the budget and band given, since the
+    demo's widths suit only its own data set."""
+    cfg = with_options(study_or_demo(space_file, space.get("budget")), space=space)
+    if space_file is None and own_geometry:  # the paper's full space, not the demo's
+        s = cfg.space
+        cfg = dataclasses.replace(cfg, space=SpaceConfig(budget=s.budget, lower=s.lower, upper=s.upper))
+    return cfg

@@ -20,3 +20,10 @@ def first_sentence(text: str, most: int = 240) -> str:
     """The first sentence of `text` on one line, at most `most` characters."""
     text = " ".join(text.split()).split(". ")[0].rstrip(".")
     return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def first_line(text: object) -> str:
+    """The first non-empty line of `text`, stripped ("" for none): the summary line of a multi-line
+    message (DuckDB's errors add the query and a caret line below it)."""
+    lines = str(text or "").strip().splitlines()
+    return lines[0].strip() if lines else ""

@@ -36,7 +36,7 @@ MAX_TIMED = 6  # distinct architectures timed per estimate (the others take the 
 CPU_TIMED_BATCH = 64  # on a CPU, time at most this batch (the cost is linear in it): a few seconds at most
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (twice the forward's matmuls), the usual rule
 INCEPTION_FLOPS = 11.5e9  # Inception-v3 on one 299x299 image (5.7 G multiply-adds)
-DIGITS_CLASSIFIER_FLOPS = 2.6e6  # dse.metrics.fid.DigitsClassifier on one 8x8 image
+DIGITS_CLASSIFIER_FLOPS = 2.6e6  # dse.metrics.extractors.DigitsClassifier on one 8x8 image
 TRAIN_IMAGES = {"digits": 1797, "fashion-mnist": 60000, "cifar10": 50000}  # the empirical teacher's data
 SCALAR_FLOPS_PER_IMAGE_ELEMENT = 4  # empirical teacher: distance and weighted sum, per training image
 
@@ -109,8 +109,8 @@ def time_training(spec: TrialSpec, device: str, threads: int = 0) -> float:
     `WARMUP_STEPS` at its batch size (on a CPU at most `CPU_TIMED_BATCH`), on random data; writes nothing."""
     import torch
 
-    from dse.distill.train import EMA, _autocast
     from dse.models.dit import DiT
+    from dse.training import TrainState, autocast
 
     dev = resolve_device(device)
     before = torch.get_num_threads()
@@ -120,19 +120,17 @@ def time_training(spec: TrialSpec, device: str, threads: int = 0) -> float:
         g, b = spec.geometry, spec.train.batch_size if dev.type == "cuda" else min(spec.train.batch_size, CPU_TIMED_BATCH)
         gen = torch.Generator().manual_seed(0)
         student = DiT(spec.arch, g, label_dropout=spec.train.label_dropout).to(dev).train()
-        opt = torch.optim.AdamW(student.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay)
-        ema = EMA(student, spec.train.ema_decay)
+        state = TrainState(student, lr=spec.train.lr, weight_decay=spec.train.weight_decay,
+                           ema_decay=spec.train.ema_decay)
         z = torch.randn(b, g.channels, g.image_size, g.image_size, generator=gen).to(dev)
         x = torch.randn(b, g.channels, g.image_size, g.image_size, generator=gen).to(dev)
         y = torch.randint(0, g.num_classes, (b,), generator=gen).to(dev)
 
         def step() -> None:
-            with _autocast(dev):
+            with autocast(dev):
                 loss = ((student(z, y) - x) ** 2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema.update(student)
+            state.step(loss)  # the trainer's own step: AdamW, then the EMA
+            state.update_ema()
             loss.item()  # waits for the device
 
         for _ in range(WARMUP_STEPS):
@@ -148,9 +146,9 @@ def time_training(spec: TrialSpec, device: str, threads: int = 0) -> float:
 
 
 def _extractor_flops(cfg: StudyConfig) -> float:
-    from dse.metrics.fid import DIGITS_EXTRACTOR, EXTRACTORS
+    from dse.metrics.extractors import AUTO_EXTRACTORS, DIGITS_EXTRACTOR
 
-    name = EXTRACTORS.get(cfg.dataset, "") if cfg.eval.extractor == "auto" else cfg.eval.extractor
+    name = AUTO_EXTRACTORS.get(cfg.dataset, "") if cfg.eval.extractor == "auto" else cfg.eval.extractor
     return DIGITS_CLASSIFIER_FLOPS if name == DIGITS_EXTRACTOR else INCEPTION_FLOPS
 
 
@@ -262,15 +260,3 @@ def _rates(specs: list[TrialSpec], flops: dict[str, float], device: str, threads
                                          (p.arch, p.geometry) != (s.arch, s.geometry)))
 
     return {s.trial_id: measured[nearest(s).trial_id] for s in specs}, set(measured)
-    distinct = list({(s.arch, s.geometry): s for s in by_flops}.values())
-    picks = distinct if len(distinct) <= MAX_TIMED else [
-        distinct[round(i * (len(distinct) - 1) / (MAX_TIMED - 1))] for i in range(MAX_TIMED)]
-    measured = {p.trial_id: TRAIN_FLOPS_PER_FORWARD * flops[p.trial_id] / max(time_training(p, device, threads), 1e-12)
-                for p in picks}
-    out = _Rates()
-    for s in specs:
-        near = min(picks, key=lambda p: abs(math.log(flops[p.trial_id]) - math.log(flops[s.trial_id])))
-        same = next((p for p in picks if (p.arch, p.geometry) == (s.arch, s.geometry)), near)
-        out[s.trial_id] = measured[same.trial_id]
-    out.timed = set(measured)
-    return out

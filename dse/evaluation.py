@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dse.config import EvalConfig, Geometry, StudentArch
+from dse.config import EvalConfig
 from dse.device import resolve_device
 from dse.errors import DseError, one_line
+from dse.events import COMPLETE
 from dse.fileio import check_folder
+from dse.layout import ONNX_FILE, SAMPLES_FILE, STUDENT_FILE
 from dse.sizing import arch_columns
-from dse.layout import ONNX_FILE, SAMPLES_FILE, STUDENT_FILE  # noqa: F401  (a trial's artifacts, named in layout)
+from dse.types import Geometry, StudentArch
 
 STUDENT_FORMAT = "dse-student-v1"
 
@@ -70,12 +72,12 @@ def load_student(path: str | Path):
 
 def write_samples(model, path: str | Path, cfg: EvalConfig, device) -> str | None:
     """The PNG grid of the report (one row per class, `cfg.samples_per_class` fixed seeds); its path."""
-    from dse.metrics.samples import sample_grid, save_png
+    from dse.metrics.samples import sample_grid, save_sample_grid
 
     if cfg.samples_per_class <= 0:
         return None
     grid = sample_grid(model, cfg.samples_per_class, guidance=cfg.guidance, seed=cfg.seed, device=device)
-    return str(save_png(grid, path, cell=model.geometry.image_size))
+    return str(save_sample_grid(grid, path, cell=model.geometry.image_size))
 
 
 def measure_quality(model, dataset: str, cfg: EvalConfig, *, data_root: str = "", device="cpu") -> dict[str, Any]:
@@ -149,7 +151,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     model = model.to(dev)
     row: dict[str, Any] = {
-        "trial_id": meta["trial_id"] or Path(path).stem, "status": "complete", "error": None,
+        "trial_id": meta["trial_id"] or Path(path).stem, "status": COMPLETE, "error": None,
         "dataset": dataset, "checkpoint": str(Path(path).resolve()), **arch_columns(model.arch, model.geometry),
         "device": str(dev), "torch_version": torch.__version__, "samples_png": None,
     }

@@ -14,6 +14,7 @@ from itertools import combinations
 from typing import TYPE_CHECKING
 
 from dse.errors import DseError
+from dse.events import COMPLETE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,7 +75,7 @@ def non_dominated_sort(points: Sequence[Point]) -> list[int | None]:
 
 def pareto_ranks(df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> pd.Series:
     """The Pareto rank of each row (nullable Int64, aligned with df.index) among the rows with
-    status == "complete" and every objective present; <NA> for every other row.
+    status COMPLETE and every objective present; <NA> for every other row.
     """
     import pandas as pd
 
@@ -84,7 +85,7 @@ def pareto_ranks(df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVE
             f"the results have no column {', '.join(map(repr, missing))}: "
             f"choose objectives among {', '.join(map(str, df.columns))}"
         )
-    complete = (df["status"] == "complete").to_numpy(dtype=bool)
+    complete = (df["status"] == COMPLETE).to_numpy(dtype=bool)
     values = df.loc[complete, list(objectives)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     ranks = pd.array([pd.NA] * len(df), dtype="Int64")
     ranks[complete] = pd.array(non_dominated_sort(values.tolist()), dtype="Int64")

@@ -16,9 +16,9 @@ Three parts, each usable on its own:
 - `summary_lines(...)`: the lines printed at the end (counts, the Pareto points, where the results
   and the report are), from plain inputs.
 
-Events (from `dse.executor.Events` and `dse.study.measure_latency_pass`):
-"start" {}, "train" {step, loss}, "complete" {status, params, fid, latency_s, ...},
-"failed" {error}, "stopped" {error}, "latency" {latency_s, latency_num_images, latency_onnx_cpu_s, ...}.
+Events (`dse.events`, from `dse.executor.Events` and `dse.study.measure_latency_pass`):
+START {}, TRAIN {step, loss}, COMPLETE {status, params, fid, latency_s, ...},
+FAILED {error}, STOPPED {error}, LATENCY {latency_s, latency_num_images, latency_onnx_cpu_s, ...}.
 
 ETAs count training steps only. A running trial's rate is the steps it made between its first and
 its last train event over the time between them (from its start event while it has only one); its
@@ -43,10 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-OnEvent = Callable[[str, str, dict], None]
+from dse.errors import first_line
+from dse.events import COMPLETE, FAILED, LATENCY, START, STOPPED, TRAIN, OnEvent
 
-PENDING, RUNNING, TRAINED, COMPLETE, FAILED, STOPPED, STORED = (
-    "pending", "running", "trained", "complete", "failed", "stopped", "stored")
+# A trial's state on the board: the row statuses COMPLETE, FAILED, STOPPED (dse.events) and these.
+PENDING, RUNNING, TRAINED, STORED = "pending", "running", "trained", "stored"
 STATES = (RUNNING, PENDING, TRAINED, COMPLETE, FAILED, STOPPED, STORED)  # the order of the counts
 FINISHED = frozenset({TRAINED, COMPLETE, FAILED, STOPPED, STORED})
 RATE_WINDOW_S = 60.0  # the study ETA's rate is measured over the last minute
@@ -71,11 +72,6 @@ def _num(value: Any, fmt: str = ".3f") -> str:
     except (TypeError, ValueError):
         return "-"
     return "-" if math.isnan(v) else format(v, fmt)
-
-
-def _first_line(text: Any) -> str:
-    lines = str(text or "").strip().splitlines()
-    return lines[0].strip() if lines else ""
 
 
 @dataclass
@@ -178,29 +174,29 @@ class TrialBoard:
         now = self.clock()
         with self._lock:
             t = self._add(trial_id)
-            if kind == "start":
+            if kind == START:
                 self._starts += 1
                 if self._first_start is None:
                     self._first_start = now
                 t.state, t.step, t.loss, t.error = RUNNING, 0, None, ""
                 t.started_at, t.finished_at, t.rate_ref, t.last_train = now, None, None, None
                 t.start_seq, t.train_events = self._starts, 0
-            elif kind == "train":
+            elif kind == TRAIN:
                 self._train(t, now, int(data.get("step", t.step)), data.get("loss"))
-            elif kind == "complete":
+            elif kind == COMPLETE:
                 self._finish(t, now, COMPLETE if _num(data.get("latency_s")) != "-" else TRAINED)
                 t.params = data.get("params", t.params)
                 t.fid = data.get("fid", t.fid)
                 t.latency_s = data.get("latency_s", t.latency_s)
                 if t.total_steps and t.step < t.total_steps and t.last_train is not None:
                     t.step = t.total_steps  # trained to the end; the last train event may be a few steps short
-            elif kind == "latency":
+            elif kind == LATENCY:
                 t.latency_s = data.get("latency_s", t.latency_s)
                 t.params = data.get("params", t.params)
                 t.fid = data.get("fid", t.fid)
                 self._finish(t, now, COMPLETE)
             elif kind in (FAILED, STOPPED):
-                t.error = _first_line(data.get("error")) or ("failed" if kind == FAILED else "stopped")
+                t.error = first_line(data.get("error")) or kind  # FAILED or STOPPED: the status names itself
                 self._finish(t, now, kind)
 
     def on_pairs(self, done: int, total: int, rate: float) -> None:
@@ -341,8 +337,8 @@ class TrialBoard:
 # -- rendering ---------------------------------------------------------------------------------
 COLUMNS = (("trial", "left"), ("state", "left"), ("step", "right"), ("loss", "right"),
            ("fid", "right"), ("latency", "right"), ("eta", "right"))
-_STYLE = {"training": "cyan", "starting": "cyan", "evaluating": "cyan", "complete": "green", "trained": "green",
-          "failed": "red", "stopped": "yellow", "stored": "dim", "pending": "dim"}
+_STYLE = {"training": "cyan", "starting": "cyan", "evaluating": "cyan", COMPLETE: "green", TRAINED: "green",
+          FAILED: "red", STOPPED: "yellow", STORED: "dim", PENDING: "dim"}
 
 
 TABLE_CHROME_LINES = 7  # lines of the live table besides its rows (title, borders, header, "+N more", one spare)
@@ -395,18 +391,18 @@ class LinePrinter:
         b.on_event(trial_id, kind, data)
         t = b.trials[trial_id]
         n = len(b.trials)
-        if kind == "start":
+        if kind == START:
             self._last.pop(trial_id, None)
             self.echo(f"[{t.start_seq}/{n}] {trial_id} started")
-        elif kind == "train":
+        elif kind == TRAIN:
             line = self._train_line(t)
             if line:
                 self.echo(line)
-        elif kind == "complete":
+        elif kind == COMPLETE:
             self.echo(f"    {trial_id} trained: {_count(t.params)} params, fid {_num(t.fid)}"
                       + (f", latency {_num(t.latency_s, '.4g')} s" if t.state == COMPLETE else "")
                       + f"  [{_done(b)}/{n} done]")
-        elif kind == "latency":
+        elif kind == LATENCY:
             onnx = data.get("latency_onnx_cpu_s")
             self.echo(f"    {trial_id} latency {_num(t.latency_s, '.4g')} s for {data.get('latency_num_images', '?')} images"
                       + (f", onnxruntime {_num(onnx, '.4g')} s" if _num(onnx) != "-" else ""))

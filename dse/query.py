@@ -30,10 +30,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dse.errors import DseError
+from dse.errors import DseError, first_line
 from dse.layout import StudyLayout, check_name, study_names
 from dse.store import COLUMN_NAMES, COLUMNS, ResultsStore, damaged_file_error, is_null
 
@@ -125,7 +127,7 @@ def _damaged_file(files: list[Path], message: str) -> tuple[Path, str] | None:
             with duckdb.connect(":memory:") as con:
                 con.execute("SELECT * FROM read_parquet(?)", [str(path)]).fetchall()
         except (pa.ArrowException, OSError, duckdb.Error) as exc:
-            return path, _first_line(exc)
+            return path, (first_line(exc) or type(exc).__name__)
     return None
 
 
@@ -135,7 +137,7 @@ def _file_error(exc: Exception, files: list[Path], results_dir: str | Path) -> D
     found = _damaged_file(files, message)
     if found:
         return damaged_file_error(*found)
-    return DseError(f"could not read the results in {results_dir}/: {_first_line(exc)}")
+    return DseError(f"could not read the results in {results_dir}/: {(first_line(exc) or type(exc).__name__)}")
 
 
 def _create_views(con, studies: dict[str, list[Path]]) -> None:
@@ -175,16 +177,11 @@ def _check_statements(sql: str) -> None:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise DseError(f"query failed: {_first_line(exc)} ({_hint(exc)})") from None
+        raise DseError(f"query failed: {(first_line(exc) or type(exc).__name__)} ({_hint(exc)})") from None
     kinds = [s.type.name for s in statements]
     if len(kinds) != 1 or kinds[0] not in _ALLOWED_STATEMENTS:
         got = ", ".join(kinds) or "nothing"
         raise DseError(f"a query is one SELECT statement (or EXPLAIN), which reads the results only; got {got}")
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _hint(exc: Exception) -> str:
@@ -232,7 +229,7 @@ def query(sql: str, results_dir: str | Path = "results", study: str | None = Non
                 found = _damaged_file(files, str(exc))  # a file whose data (not footer) is damaged
                 if found:
                     raise damaged_file_error(*found) from None
-            raise DseError(f"query failed: {_first_line(exc)} ({_hint(exc)})") from None
+            raise DseError(f"query failed: {(first_line(exc) or type(exc).__name__)} ({_hint(exc)})") from None
     finally:
         con.close()
 
@@ -332,3 +329,15 @@ def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
             return "[]\n"
         return "[\n" + ",\n".join(json.dumps(r, allow_nan=False) for r in records) + "\n]\n"
     raise DseError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as `query`: the public API exports `dse.query`, which is also this module's
+    name, so `dse.query(sql)` runs a query while `dse.query.format_table` and `import dse.query` keep
+    meaning the module."""
+
+    def __call__(self, sql: str, results_dir: str | Path = "results", study: str | None = None) -> pd.DataFrame:
+        return query(sql, results_dir, study)
+
+
+sys.modules[__name__].__class__ = _CallableModule

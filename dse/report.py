@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dse.errors import DseError
+from dse.events import COMPLETE, FAILED
+from dse.fileio import atomic_write
 from dse.pareto import DEFAULT_OBJECTIVES, pareto_ranks
 from dse.store import is_null
 
@@ -141,7 +143,7 @@ def compute_report_data(
         (_record(row, rank, objectives, arch) for row, rank in zip(rows, ranks)),
         key=lambda t: (t.params is None, t.params or 0, t.trial_id),
     )
-    complete = df[df["status"] == "complete"] if len(df) else df
+    complete = df[df["status"] == COMPLETE] if len(df) else df
     return ReportData(
         title=title,
         objectives=tuple(_objective(name, complete) for name in objectives),
@@ -149,8 +151,8 @@ def compute_report_data(
         front_ids=tuple(t.trial_id for t in trials if t.on_front),
         proposed=arch,
         proposed_ids=tuple(t.trial_id for t in trials if t.is_proposed),
-        n_complete=sum(t.status == "complete" for t in trials),
-        n_failed=sum(t.status == "failed" for t in trials),
+        n_complete=sum(t.status == COMPLETE for t in trials),
+        n_failed=sum(t.status == FAILED for t in trials),
         provenance=_provenance(complete, quality=objectives[1]),
     )
 
@@ -456,7 +458,7 @@ def _table_html(data: ReportData, formats: Mapping[str, str]) -> str:
 def _table_row(t: TrialRecord, others: Sequence[Objective], formats: Mapping[str, str]) -> str:
     """One table row; `others` are the objectives besides params, which has its own column."""
     e = html.escape
-    classes = " ".join(c for c, on in [("front", t.on_front), ("failed", t.status == "failed")] if on)
+    classes = " ".join(c for c, on in [("front", t.on_front), ("failed", t.status == FAILED)] if on)
     arch = e(t.name) + (' <span class="badge">design rule</span>' if t.is_proposed else "")
     values = "".join(f'<td class="num">{_format(t.values[o.name], formats[o.name])}</td>' for o in others)
     rank = "front" if t.on_front else ("–" if t.rank is None else str(t.rank))
@@ -538,8 +540,6 @@ img.samples:hover { height: 320px; }
 def write_report(df: pd.DataFrame, path: str | os.PathLike[str], **kwargs: Any) -> Path:
     """Compute and render the report for `df` and write it to `path` atomically (a temporary file in
     the same folder, then `os.replace`), creating the folder; `kwargs` go to `compute_report_data`."""
-    from dse.fileio import atomic_write
-
     path = Path(path)
     atomic_write(path, render_html(compute_report_data(df, **kwargs)))
     return path

@@ -45,9 +45,10 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from dse.config import Geometry, StudentArch, TrainConfig
+from dse.config import TrainConfig
 from dse.pareto import non_dominated_sort
 from dse.sizing import count_params
+from dse.types import Geometry, StudentArch
 
 # ---------------------------------------------------------------------------------------------
 # Resources: GPU share from the estimated peak training memory

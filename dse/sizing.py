@@ -1,6 +1,7 @@
 """Owns model size: counting DiT parameters by formula, the paper's design rules, and enumerating
-the architectures that fit a budget (pure Python, no torch). Budgets are parsed by
-`dse.config.parse_budget` (also importable from here).
+the architectures that fit a budget, with the design-rule one marked (pure Python, no torch).
+Budgets are parsed by `dse.config.parse_budget` (also importable from here), once per space
+(`SpaceConfig.budget_params`).
 """
 
 from __future__ import annotations
@@ -9,20 +10,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from dse.config import Geometry, SpaceConfig, StudentArch, parse_budget
+from dse.config import SpaceConfig, format_count, parse_budget  # noqa: F401  (parse_budget: re-exported)
 from dse.errors import DseError
+from dse.types import Geometry, StudentArch
 
 # DiT's timestep embedder maps a 256-d sinusoidal frequency embedding to the width (DiT models.py).
 FREQUENCY_EMBEDDING_SIZE = 256
-
-
-def format_count(n: int | float) -> str:
-    """420864 -> '421k', 4881612 -> '4.88M' (for tables and messages)."""
-    if n >= 1e6:
-        return f"{n / 1e6:.3g}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.3g}k"
-    return str(int(n))
 
 
 def count_params(arch: StudentArch, geometry: Geometry) -> int:
@@ -104,7 +97,7 @@ def enumerate_candidates(space: SpaceConfig, geometry: Geometry) -> list[Candida
     Sorted by params, then width, depth, heads. An empty result is a DseError that says what the
     smallest and largest models of the space are, so the user can move the budget or the band.
     """
-    budget = parse_budget(space.budget)
+    budget = space.budget_params
     lo, hi = _band(budget, space.lower, space.upper)
     widths = _widths(space)
     if not widths:
@@ -189,6 +182,41 @@ def propose(
             f"{geometry.image_size}x{geometry.image_size}x{geometry.channels} images: raise the budget or widen the band"
         )
     return best[2]
+
+
+def design_rule(space: SpaceConfig, geometry: Geometry) -> Candidate | None:
+    """The design-rule proposal (`propose`) for the space's budget, band and MLP ratio, or None when
+    no width qualifies."""
+    budget = space.budget_params
+    try:
+        return propose(budget, geometry, lower=space.lower, upper=space.upper, mlp_ratio=space.mlp_ratio)
+    except DseError:
+        return None
+
+
+@dataclass(frozen=True)
+class CandidateTable:
+    """The architectures of a space that fit its budget (`dse space`), and the design-rule one among them."""
+
+    space: SpaceConfig
+    geometry: Geometry
+    candidates: list[Candidate]
+    rule: Candidate | None
+
+    def rows(self) -> list[dict]:
+        """One row per candidate: depth, width, heads, params and whether it is the design rule's."""
+        rule = self.rule.arch if self.rule else None
+        return [{**c.to_dict(), "design_rule": c.arch == rule} for c in self.candidates]
+
+    def groups(self) -> list[dict]:
+        """One row per (depth, width) with every head count of it (`group_heads`)."""
+        return group_heads(self.candidates)
+
+
+def candidate_table(space: SpaceConfig, geometry: Geometry) -> CandidateTable:
+    """The candidates of `space` for `geometry` (`enumerate_candidates`: a DseError when none fit),
+    with the design-rule architecture (`design_rule`)."""
+    return CandidateTable(space, geometry, enumerate_candidates(space, geometry), design_rule(space, geometry))
 
 
 def forward_flops(arch: StudentArch, geometry: Geometry) -> int:

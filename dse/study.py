@@ -2,7 +2,8 @@
 run the trials that are not yet complete through the executor, and write the Pareto report.
 
 Everything a user can get wrong (space file, budget, band, study name, device, folders, teacher
-pairs, data set, cluster) is checked before anything is written (`preflight`). A study is the folder
+pairs, data set, cluster) is checked before anything is written (`preflight`), which plans the
+study once: `run_study` runs that plan. A study is the folder
 `<results_dir>/<name>` (dse.layout): reading one back takes its name and folders from where it is,
 never from what its study.json says.
 """
@@ -16,26 +17,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dse.config import Geometry, StudyConfig, dataset_geometry, parse_address, study_from_dict
+from dse.config import StudyConfig, dataset_geometry, parse_address, study_from_dict
 from dse.errors import DseError
+from dse.events import COMPLETE, FAILED, LATENCY, STATUSES, STOPPED, OnEvent
 from dse.fileio import atomic_write, check_folder
 from dse.layout import ARTIFACTS_DIR, LAST_CHECKPOINT, SAMPLES_FILE, StudyLayout, check_name, study_names
-from dse.sizing import Candidate, enumerate_candidates, parse_budget, propose
+from dse.sizing import Candidate, design_rule, enumerate_candidates
 from dse.store import ResultsStore, is_null
 from dse.trial import TrialSpec
-
-OnEvent = Callable[[str, str, dict], None]
+from dse.types import Geometry
 
 
 @dataclass(frozen=True)
 class StudyPlan:
-    """What a study will run, computed without side effects."""
+    """What a study will run, computed without side effects; `checked` when `preflight` made it."""
 
     config: StudyConfig
     geometry: Geometry
     candidates: list[Candidate]
     proposal: Candidate | None
     specs: list[TrialSpec]
+    checked: bool = False
 
     @property
     def layout(self) -> StudyLayout:
@@ -53,6 +55,10 @@ class StudyPlan:
     @property
     def report_path(self) -> Path:
         return self.layout.report_path
+
+    def to_run(self) -> list[TrialSpec]:
+        """The specs a run of the study trains now (`trials_to_run` over the rows in its store)."""
+        return trials_to_run(self.specs, self.store.statuses(), self.config.run.retry_failed)
 
 
 @dataclass(frozen=True)
@@ -73,21 +79,12 @@ def geometry_of(cfg: StudyConfig) -> Geometry:
     return dataset_geometry(cfg.dataset, cfg.patch_size)
 
 
-def design_rule(cfg: StudyConfig, geometry: Geometry) -> Candidate | None:
-    """The design-rule proposal for the study's budget and band, or None when no width qualifies."""
-    s = cfg.space
-    try:
-        return propose(s.budget, geometry, lower=s.lower, upper=s.upper, mlp_ratio=s.mlp_ratio)
-    except DseError:
-        return None
-
-
 def plan_study(cfg: StudyConfig) -> StudyPlan:
     """Candidates x trainings (the variants, or setups x losses) as trial specs; raises DseError if none fit."""
     geometry = geometry_of(cfg)
     candidates = enumerate_candidates(cfg.space, geometry)
-    proposal = design_rule(cfg, geometry)
-    budget = parse_budget(cfg.space.budget)
+    proposal = design_rule(cfg.space, geometry)
+    budget = cfg.space.budget_params
     layout = StudyLayout(Path(cfg.run.results_dir), cfg.name, Path(cfg.run.reports_dir))  # refuses an unsafe name
     specs = []
     for cand in candidates:
@@ -107,7 +104,7 @@ def ensure_pairs(cfg: StudyConfig, progress: Callable[[int, int, float], None] |
     """Generate the study's teacher pairs unless the store already holds enough of them; with
     teacher.kind = "store", only check that the given store opens."""
     from dse.data.pairs import PairStore
-    from dse.teacher import generate_pairs
+    from dse.teacher.generate import generate_pairs
     from dse.teacher.edm import SamplerSettings
 
     t = cfg.teacher
@@ -155,28 +152,32 @@ def preflight(cfg: StudyConfig) -> StudyPlan:
         load_dataset(cfg.dataset, cfg.data_root or None, split=split)
     if cfg.teacher.kind == "store":  # last: opening verifies it, and remembers the checksums inside it
         PairStore.open(cfg.pairs_dir())
-    return plan
+    return dataclasses.replace(plan, checked=True)
 
 
 def trials_to_run(specs: list[TrialSpec], statuses: dict[str, str], retry_failed: bool = False) -> list[TrialSpec]:
     """The specs a run of the study trains: those with no row, and with `retry_failed` also those
     whose row says failed or stopped. Complete ones never run again; an interrupted one (no row)
     runs again and resumes from its checkpoint `artifacts/<trial>/last.pt`."""
-    again = ("failed", "stopped") if retry_failed else ()
+    again = (FAILED, STOPPED) if retry_failed else ()
     return [s for s in specs if s.trial_id not in statuses or statuses[s.trial_id] in again]
 
 
 def run_study(
-    cfg: StudyConfig, *, on_event: OnEvent | None = None,
+    study: StudyConfig | StudyPlan, *, on_event: OnEvent | None = None,
     on_pairs: Callable[[int, int, float], None] | None = None,
 ) -> StudyOutcome:
     """Run every trial of the study that is not done in its store (see `trials_to_run`) and that no
-    other live process has claimed, then measure latencies and write the report."""
+    other live process has claimed, then measure latencies and write the report. `study` is a
+    config (planned and checked here, `preflight`) or the plan `preflight` returned for it (run as
+    it is: not planned or checked again)."""
     from dse.executor import prepare_cluster, run_trials
 
-    plan = preflight(cfg)
+    plan = study if isinstance(study, StudyPlan) and study.checked else preflight(
+        study.config if isinstance(study, StudyPlan) else study)
+    cfg = plan.config
     store, retry, r = plan.store, cfg.run.retry_failed, cfg.run
-    todo = trials_to_run(plan.specs, store.statuses(), retry)
+    todo = plan.to_run()
     resources = None
     if todo:  # connects to Ray (a short timeout for an address) and checks the request against its nodes
         resources = prepare_cluster(todo, cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial,
@@ -203,7 +204,7 @@ def _releasing(claims, on_event: OnEvent | None) -> OnEvent:
     """`on_event`, releasing a trial's claim as soon as its row is stored."""
 
     def handle(trial_id: str, kind: str, data: dict) -> None:
-        if kind in ("complete", "failed", "stopped"):
+        if kind in STATUSES:
             claims.release([trial_id])
         if on_event:
             on_event(trial_id, kind, data)
@@ -222,7 +223,7 @@ def measure_latency_pass(plan: StudyPlan, on_event: OnEvent | None = None) -> in
 
     def pending():
         df = store.read()
-        return df[df["trial_id"].isin(ids) & (df["status"] == "complete") & df["latency_s"].isna()]
+        return df[df["trial_id"].isin(ids) & (df["status"] == COMPLETE) & df["latency_s"].isna()]
 
     # claimed like trials, so that two runs of the study do not measure (and write) the same row
     with store.claim(sorted(pending()["trial_id"])) as claims:
@@ -234,7 +235,7 @@ def measure_latency_pass(plan: StudyPlan, on_event: OnEvent | None = None) -> in
             store.write(row)
             claims.release([row["trial_id"]])
             if on_event:
-                on_event(row["trial_id"], "latency" if row["status"] == "complete" else "failed", row)
+                on_event(row["trial_id"], LATENCY if row["status"] == COMPLETE else FAILED, row)
     return len(todo)
 
 
@@ -248,9 +249,9 @@ def _finish(plan: StudyPlan, skipped: int, elsewhere: int = 0) -> StudyOutcome:
     cols = ["trial_id", "depth", "width", "heads", "params", "fid", "latency_s"]
     return StudyOutcome(
         plan=plan, report_path=report,
-        num_complete=int((mine["status"] == "complete").sum()), num_failed=int((mine["status"] == "failed").sum()),
+        num_complete=int((mine["status"] == COMPLETE).sum()), num_failed=int((mine["status"] == FAILED).sum()),
         skipped=skipped, front=front.sort_values("params")[cols].to_dict("records"), elsewhere=elsewhere,
-        num_stopped=int((mine["status"] == "stopped").sum()),
+        num_stopped=int((mine["status"] == STOPPED).sum()),
     )
 
 
@@ -311,7 +312,7 @@ def _own_samples(plan: StudyPlan, trial_id: str) -> str | None:
     return str(path) if path.is_file() else None
 
 
-STATUS_KINDS = ("done", "running", "failed", "stopped", "pending")
+STATUS_KINDS = ("done", "running", FAILED, STOPPED, "pending")  # what `dse status` counts
 
 
 def study_status(name: str, results_dir: str | Path = "results") -> dict:
@@ -330,14 +331,14 @@ def study_status(name: str, results_dir: str | Path = "results") -> dict:
     for tid in ids:
         row, claim = rows.get(tid), live.get(tid)
         status = None if row is None else row["status"]
-        if claim is not None and status != "complete" and not _row_after(row, claim.started_at):
+        if claim is not None and status != COMPLETE and not _row_after(row, claim.started_at):
             out["running"].append(claim.to_dict())
-        elif status == "complete":
+        elif status == COMPLETE:
             out["done"].append(tid)
-        elif status == "failed":
-            out["failed"].append({"trial_id": tid, "error": "" if is_null(row["error"]) else str(row["error"])})
-        elif status == "stopped":
-            out["stopped"].append(tid)
+        elif status == FAILED:
+            out[FAILED].append({"trial_id": tid, "error": "" if is_null(row["error"]) else str(row["error"])})
+        elif status == STOPPED:
+            out[STOPPED].append(tid)
         else:
             out["pending"].append(tid)
     artifacts = plan.study_dir / ARTIFACTS_DIR

@@ -19,9 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from dse.config import EvalConfig, Geometry, StudentArch, TrainConfig
+import dse
+import dse.evaluation as evaluation
+from dse.config import EvalConfig, TrainConfig, eval_from_dict
 from dse.device import resolve_device
+from dse.events import COMPLETE, FAILED, QUALITY, TRAIN
+from dse.layout import ONNX_FILE, SAMPLES_FILE, STUDENT_FILE
 from dse.sizing import arch_columns
+from dse.types import Geometry, StudentArch
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class TrialResult:
 
     @property
     def ok(self) -> bool:
-        return self.row["status"] == "complete"
+        return self.row["status"] == COMPLETE
 
 
 def _now() -> str:
@@ -84,8 +89,6 @@ def git_sha() -> str | None:
 
 
 def base_row(spec: TrialSpec) -> dict[str, Any]:
-    import dse
-
     t = spec.train
     return {
         "trial_id": spec.trial_id, "study": spec.study, "dataset": spec.dataset,
@@ -102,16 +105,16 @@ def base_row(spec: TrialSpec) -> dict[str, Any]:
 
 def run_trial(spec: TrialSpec, progress: Callable[[str, dict], None] | None = None) -> TrialResult:
     """Train and measure one candidate. Never raises for a failing candidate: the row then has
-    status "failed" and the error, so a study goes on with the other trials."""
+    status FAILED and the error, so a study goes on with the other trials."""
     row = base_row(spec)
     try:
         row.update(_train_and_measure(spec, progress))
-        row["status"], row["error"] = "complete", None
+        row["status"], row["error"] = COMPLETE, None
     except Exception as exc:  # noqa: BLE001 - any failure of one trial is recorded, not propagated
-        row["status"] = "failed"
+        row["status"] = FAILED
         row["error"] = failure_text(exc, spec.artifacts_dir)
         if progress:
-            progress("failed", {"error": row["error"], "traceback": traceback.format_exc()})
+            progress(FAILED, {"error": row["error"], "traceback": traceback.format_exc()})
     row["finished_at"] = _now()
     return TrialResult(row)
 
@@ -154,7 +157,6 @@ def failure_text(exc: BaseException, folder: str | Path = "") -> str:
 def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | None) -> dict[str, Any]:
     import torch
 
-    from dse import evaluation
     from dse.data.pairs import PairStore
     from dse.distill.train import train_student
     from dse.models.dit import DiT, count_module_params
@@ -168,7 +170,7 @@ def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | 
 
     def on_step(step: int, loss: float) -> None:
         if progress:
-            progress("train", {"step": step, "loss": loss})
+            progress(TRAIN, {"step": step, "loss": loss})
 
     artifacts = Path(spec.artifacts_dir) if spec.artifacts_dir else None
     trained = train_student(student, pairs, spec.train, device, progress=on_step, checkpoint_dir=artifacts)
@@ -181,15 +183,15 @@ def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | 
     eval_start = time.perf_counter()
     if artifacts is not None:
         row["checkpoint"] = str(evaluation.save_student(
-            artifacts / evaluation.STUDENT_FILE, trained.ema, dataset=spec.dataset, data_root=spec.data_root,
+            artifacts / STUDENT_FILE, trained.ema, dataset=spec.dataset, data_root=spec.data_root,
             trial_id=spec.trial_id,
         ))
-        row["samples_png"] = evaluation.write_samples(trained.ema, artifacts / evaluation.SAMPLES_FILE, spec.eval, device)
+        row["samples_png"] = evaluation.write_samples(trained.ema, artifacts / SAMPLES_FILE, spec.eval, device)
     row.update(evaluation.measure_quality(trained.ema, spec.dataset, spec.eval, data_root=spec.data_root, device=device))
     if progress:
-        progress("quality", {k: row.get(k) for k in ("fid", "kid", "is_mean")})
+        progress(QUALITY, {k: row.get(k) for k in ("fid", "kid", "is_mean")})
     if not spec.defer_latency:
-        onnx_path = artifacts / evaluation.ONNX_FILE if artifacts is not None else None
+        onnx_path = artifacts / ONNX_FILE if artifacts is not None else None
         row.update(evaluation.measure_speed(trained.ema, spec.eval, device=device, onnx_path=onnx_path))
     row["eval_seconds"] = time.perf_counter() - eval_start
     return row
@@ -201,17 +203,14 @@ def measure_deferred_latency(row: dict[str, Any], device: str = "auto", artifact
     student; a failure marks the row failed with the error. Used by the study's latency pass, which
     gives the trial's `artifacts_dir` from the study's layout: the student is read from there and the
     ONNX file written there, whatever path the (possibly edited) row names."""
-    from dse import evaluation
-    from dse.config import eval_from_dict
-
     row = dict(row)
     try:
         cfg = eval_from_dict(json.loads(row["config_json"])["eval"], source=f"trial {row['trial_id']}")
-        checkpoint = Path(artifacts_dir) / evaluation.STUDENT_FILE if artifacts_dir is not None else Path(row["checkpoint"])
+        checkpoint = Path(artifacts_dir) / STUDENT_FILE if artifacts_dir is not None else Path(row["checkpoint"])
         model, _ = evaluation.load_student(checkpoint)
         dev = resolve_device(device)
-        onnx_path = checkpoint.parent / evaluation.ONNX_FILE
+        onnx_path = checkpoint.parent / ONNX_FILE
         row.update(evaluation.measure_speed(model.to(dev), cfg, device=dev, onnx_path=onnx_path))
     except Exception as exc:  # noqa: BLE001 - recorded in the row like any failure of a trial
-        row["status"], row["error"] = "failed", f"latency: {type(exc).__name__}: {exc}"
+        row["status"], row["error"] = FAILED, f"latency: {type(exc).__name__}: {exc}"
     return row

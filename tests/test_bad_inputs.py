@@ -72,12 +72,13 @@ def assets(tmp_path_factory) -> Path:
     pairs/ (a real 64-pair store), results/s1/ (a real study with one complete row), evil.pt."""
     import torch
 
-    from dse.config import Geometry, StudentArch, load_study
+    from dse.config import load_study
     from dse.evaluation import save_student
     from dse.models.dit import DiT
     from dse.store import ResultsStore
-    from dse.teacher import generate_pairs
     from dse.teacher.edm import SamplerSettings
+    from dse.teacher.generate import generate_pairs
+    from dse.types import Geometry, StudentArch
 
     root = tmp_path_factory.mktemp("bad-inputs-assets")
     (root / "tiny.toml").write_text(TINY_SPACE)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dse.config import Geometry, StudentArch
 from dse.sizing import count_params
+from dse.types import Geometry, StudentArch
 
 from .test_progress import terminal_screen
 

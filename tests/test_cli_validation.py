@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dse.config import Geometry, StudentArch
 from dse.sizing import count_params, default_widths
+from dse.types import Geometry, StudentArch
 from tests.test_cli import CIFAR, dse
 
 DIGITS = Geometry(8, 1, 10)

@@ -326,3 +326,26 @@ def test_a_read_back_config_with_a_bad_value_is_refused():
     raw["train"]["lr"] = math.nan
     with pytest.raises(DseError, match="train.lr must be a finite number"):
         study_from_dict(raw, source="study.json")
+
+
+def test_the_budget_is_parsed_once_by_validation_and_kept_on_the_space(monkeypatch):
+    import dse.config as config
+
+    calls = []
+    real = config.parse_budget
+    monkeypatch.setattr(config, "parse_budget", lambda b: calls.append(b) or real(b))
+    cfg = study_from_dict({"space": {"budget": "0.2M"}})
+    assert calls == ["0.2M"] and cfg.space.budget_params == 200_000 and calls == ["0.2M"]
+    assert "budget_params" not in cfg.to_json() and study_from_dict(cfg.to_raw()) == cfg  # not a key of the file
+
+
+def test_a_run_study_is_named_after_the_space_and_the_budget_given():
+    from dse.config import study_for_run
+
+    assert study_for_run(None).name == "demo"
+    assert study_for_run(None, space={"budget": "5e6"}).name == "demo-5M"
+    assert study_for_run(None, name="mine", space={"budget": "5M"}).name == "mine"
+    cfg = study_for_run(None, space={"budget": "5M"}, assignments=["study.name=set", "train.steps=7"])
+    assert (cfg.name, cfg.train.steps, cfg.space.widths, cfg.space.depths) == ("set", 7, (), "closest")
+    with pytest.raises(DseError, match="is not allowed"):
+        study_for_run(None, name="../x")

@@ -229,7 +229,7 @@ def _tiny_get_folder(out: Path) -> None:
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
     """A folder laid out like a fresh clone, plus the fixtures PLACEHOLDERS point at."""
-    from dse.teacher import generate_pairs
+    from dse.teacher.generate import generate_pairs
     from dse.teacher.edm import SamplerSettings
 
     root = tmp_path_factory.mktemp("clone")

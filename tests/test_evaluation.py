@@ -4,10 +4,11 @@ import pickle
 import pytest
 import torch
 
-from dse.config import Geometry, StudentArch, eval_from_dict
+from dse.config import eval_from_dict
 from dse.errors import DseError
 from dse.evaluation import evaluate_checkpoint, load_student, save_student
 from dse.models.dit import DiT
+from dse.types import Geometry, StudentArch
 from tests.data.test_pairs import _listing
 from tests.test_cli import dse
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from dse.config import Geometry, StudentArch, TrainConfig
+from dse.config import TrainConfig
 from dse.errors import DseError
 from dse.store import ResultsStore
+from dse.types import Geometry, StudentArch
 
 from .test_trial import tiny_spec
 
@@ -118,7 +119,12 @@ def test_halving_stores_a_dominated_trial_as_stopped_and_lets_the_others_complet
 
 
 def test_each_candidate_gets_the_gpu_share_its_memory_needs():
-    from dse.executor import _resources_of, plan_resources
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory  # what Tune makes of a dict
+
+    from dse.executor import plan_resources, resources_of
+
+    def _resources_of(resources, config):  # the placement group Tune makes of the dict resources_of gives
+        return resource_dict_to_pg_factory(resources_of(resources, config))
 
     g = Geometry(32, 3, 10, 2)
     small = fast_spec("/p", StudentArch(6, 96, 3), batch_size=256)
@@ -127,6 +133,7 @@ def test_each_candidate_gets_the_gpu_share_its_memory_needs():
     res = plan_resources([small, big], cpus_per_trial=0, gpus_per_trial=-1, node_cpus=16, node_gpus=1,
                          gpu_bytes=80 * 10**9)
     assert res == {small.trial_id: (2.0, 0.125), big.trial_id: (16.0, 1.0)}
+    assert resources_of(res, {"trial_id": small.trial_id}) == {"CPU": 2.0, "GPU": 0.125}  # a plain dict for Tune
     assert _resources_of(res, {"trial_id": small.trial_id}).bundles == [{"CPU": 2.0, "GPU": 0.125}]
     cpu_only = plan_resources([small, big], cpus_per_trial=0, gpus_per_trial=-1, node_cpus=2, node_gpus=0)
     assert set(cpu_only.values()) == {(2.0, 0.0)}
@@ -184,7 +191,7 @@ def test_an_unreachable_or_foreign_address_is_reported_within_seconds():
 def test_the_optuna_searcher_never_suggests_a_candidate_twice_and_is_seeded():
     from ray.tune.search import Searcher
 
-    from dse.executor import make_optuna_search
+    from dse.executor.optuna_search import make_optuna_search
 
     keys = {f"c{i}": ("get-l2", w, d, h) for i, (w, d, h) in enumerate(
         [(64, 10, 4), (64, 10, 8), (64, 11, 4), (96, 5, 4), (96, 5, 8), (128, 3, 4), (128, 3, 8)])}
@@ -209,6 +216,33 @@ def test_the_optuna_searcher_never_suggests_a_candidate_twice_and_is_seeded():
     assert [(t.state.name, t.params) for t in first] == [
         ("COMPLETE", {"width": 64, "depth|width=64": 10, "heads|depth=10": 4}),
         ("PRUNED", {"width": 64, "depth|width=64": 10, "heads|depth=10": 8})]  # heads: 4 only at depth 11
+
+
+def test_the_optuna_searcher_is_an_ordinary_class_that_pickles_by_name():
+    import pickle
+
+    from dse.executor import optuna_search
+
+    cls = optuna_search.DistinctOptunaSearch
+    assert (cls.__module__, cls.__qualname__) == ("dse.executor.optuna_search", "DistinctOptunaSearch")
+    assert pickle.loads(pickle.dumps(cls)) is cls
+    searcher = optuna_search.make_optuna_search({"c0": ("get-l2", 64, 2, 4)}, {}, seed=0)
+    assert type(pickle.loads(pickle.dumps(searcher))) is cls
+
+
+def test_the_executor_imports_optuna_only_for_the_optuna_search_and_uses_rays_public_api():
+    import ast
+
+    code = "import sys, dse.executor; print(sorted({'optuna', 'dse.executor.optuna_search'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    private = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "dse" / "executor").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ray"):
+                if node.module.startswith("ray.tune.execution") or node.module.startswith("ray._"):
+                    private.setdefault(path.name, []).append(node.module)
+    assert private == {"cluster.py": ["ray._raylet"]}  # the GCS and token probes only (no public API for them)
 
 
 def test_dse_run_refuses_an_unreachable_cluster_in_seconds_writing_nothing(tmp_path):

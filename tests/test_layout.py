@@ -2,6 +2,7 @@
 its folder, and there is one listing of the studies of a results folder."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +60,10 @@ def test_study_names_is_the_one_listing_of_studies(tmp_path):
 def test_query_results_and_status_list_the_same_studies(tmp_path):
     """Before, `dse.query.known_studies` and `dse.study.study_names` had different rules: a study with
     rows but no study.json was known to one and not the other."""
-    from dse import query, study
+    import importlib
+
+    from dse import study
+    query = importlib.import_module("dse.query")  # the module: `dse.query` is the public function `query`
 
     root = tmp_path / "results"
     (root / "a" / "trials").mkdir(parents=True)
@@ -67,3 +71,23 @@ def test_query_results_and_status_list_the_same_studies(tmp_path):
     (root / "b" / "study.json").write_text("not json")
     assert study.study_names(root) == query.study_names(root) == study_names(root) == ["a", "b"]
     assert [s["study"] for s in study.studies_status(root)] == ["a", "b"]
+
+
+def test_the_file_names_of_a_study_are_spelled_only_in_layout():
+    """One owner for the layout: no other module spells study.json, last.pt, student.pt, samples.png,
+    student.onnx or the claims/, artifacts/ and tune/ folders as a string literal ("trials" and "ta"
+    are also a SQL view and a setup's name, so they are not searched for)."""
+    import ast
+
+    from dse import layout as owner
+
+    names = {owner.STUDY_FILE, owner.CLAIMS_DIR, owner.ARTIFACTS_DIR, owner.TUNE_DIR, owner.LAST_CHECKPOINT,
+             owner.STUDENT_FILE, owner.SAMPLES_FILE, owner.ONNX_FILE}
+    package = Path(owner.__file__).parent
+    spelled = sorted(
+        f"{path.relative_to(package)}:{node.lineno} {node.value!r}"
+        for path in package.rglob("*.py") if path != Path(owner.__file__)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names
+    )
+    assert spelled == []

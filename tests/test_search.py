@@ -3,7 +3,8 @@ non-dominated successive-halving cut."""
 
 import pytest
 
-from dse.config import Geometry, StudentArch, TrainConfig
+from dse.config import TrainConfig
+from dse.types import Geometry, StudentArch
 from dse.search import (
     DEFAULT_GPU_BYTES, CandidateTree, Partial, SuccessiveHalving, estimate_train_bytes, gpu_share, halving_keeps,
     rung_steps, trial_resources,

@@ -2,9 +2,10 @@ import random
 
 import pytest
 
-from dse.config import Geometry, SpaceConfig, StudentArch
+from dse.config import SpaceConfig
 from dse.errors import DseError
 from dse.sizing import count_params, default_widths, enumerate_candidates, parse_budget, propose, rule_heads
+from dse.types import Geometry, StudentArch
 
 CIFAR = Geometry(32, 3, 10)
 
@@ -165,3 +166,15 @@ def test_forward_flops_match_a_count_of_the_module_matmuls():
         attention_core = arch.depth * 2 * 2 * t * t * arch.width
         counted = counter.get_total_flops() + attention_core
         assert abs(forward_flops(arch, geometry) - counted) / counted < 0.01
+
+
+def test_the_candidate_table_marks_the_design_rule_of_the_spaces_own_mlp_ratio():
+    from dse.sizing import candidate_table, design_rule
+
+    for ratio in (4.0, 2.0):
+        space = SpaceConfig(budget="0.42M", heads="rule", mlp_ratio=ratio)
+        table = candidate_table(space, CIFAR)
+        rule = design_rule(space, CIFAR)
+        assert rule is not None and rule.arch.mlp_ratio == ratio
+        assert [r for r in table.rows() if r["design_rule"]] == [{**rule.to_dict(), "design_rule": True}]
+    assert design_rule(SpaceConfig(budget="1k"), CIFAR) is None

@@ -15,7 +15,8 @@ from dse import study as study_mod
 from dse.config import study_from_dict, with_overrides
 from dse.errors import DseError
 from dse.layout import STUDY_FILE
-from dse.store import HOST, ResultsStore
+from dse.fileio import HOST
+from dse.store import ResultsStore
 
 SPACE = """
 [study]
@@ -476,3 +477,14 @@ def test_the_report_shows_only_sample_grids_of_the_studys_own_folders(cfg, tmp_p
     page = study_mod.write_study_report(plan).read_text()
     uris = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert [base64.b64decode(u) for u in uris] == [own_png]
+
+
+def test_a_preflighted_plan_is_run_as_it_is_and_a_config_is_planned_once(cfg, executor, monkeypatch):
+    plan = study_mod.preflight(cfg)
+    assert plan.checked and not study_mod.plan_study(cfg).checked
+    planned = []
+    real = study_mod.plan_study
+    monkeypatch.setattr(study_mod, "plan_study", lambda c: planned.append(c.name) or real(c))
+    assert study_mod.run_study(plan).num_complete == 4 and planned == []
+    study_mod.run_study(cfg)
+    assert planned == ["tiny"]

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dse.config import EvalConfig, Geometry, StudentArch, TrainConfig
+from dse.config import EvalConfig, TrainConfig
 from dse.sizing import count_params
 from dse.store import ResultsStore
 from dse.trial import TrialSpec, run_trial
+from dse.types import Geometry, StudentArch
 
 
 def tiny_spec(pairs_dir, **changes) -> TrialSpec:

@@ -32,8 +32,9 @@ from urllib.error import URLError
 
 import numpy as np
 
-from dse.config import GEOMETRIES, Geometry, dataset_geometry  # the names and geometries, kept light in config
+from dse.config import GEOMETRIES, dataset_geometry  # the names and geometries, kept light in config
 from dse.errors import DseError
+from dse.types import Geometry
 
 DATA_ENV = "DSE_DATA"
 DEFAULT_DATA_ROOT = Path("~/.cache/dse/data")

@@ -1,4 +1,5 @@
-"""Owns picture grids: uint8 NHWC image tiles arranged in rows and written as one PNG."""
+"""Owns picture grids and PNG writing: uint8 NHWC image tiles arranged in rows, and the one function that
+writes a uint8 picture as a PNG file (atomically)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def image_grid(rows: list[np.ndarray], scale: int = 1, pad: int = 1, background:
 
 
 def save_png(path: str | Path, picture: np.ndarray) -> Path:
-    """Write a uint8 HWC picture (C = 1 or 3) as a PNG, atomically."""
+    """Write a uint8 HWC picture (C = 1 or 3) as a PNG, atomically; returns its path."""
     from PIL import Image
 
     pic = picture[..., 0] if picture.shape[-1] == 1 else picture

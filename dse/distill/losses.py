@@ -1,7 +1,7 @@
 """Owns the image losses a setup can regress with: L(target, prediction) -> scalar, mean over the batch.
 
-`l1` and `l2` are plain functions; `lpips` is a frozen network (`LPIPSLoss`) that `make_loss` builds
-on a device. Images are (B, C, H, W) in [-1, 1].
+`l1` and `l2` are plain functions; `lpips` is a frozen network (`LPIPSLoss`) built on a device. All
+three are registered in `LOSSES`, the one registry `make_loss` reads. Images are (B, C, H, W) in [-1, 1].
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dse.metrics.assets import lpips_linear_state_dict, lpips_trunk_state_dict
+from dse.assets.lpips import lpips_linear_state_dict, lpips_trunk_state_dict
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,7 +33,7 @@ class LPIPSLoss(nn.Module):
 
     Both images are resized bilinearly to `size` x `size` first (224 as GET does; None keeps their
     size) and grey images are repeated to RGB. Gradients flow to the inputs, never to the network.
-    The weights come from `dse.metrics.assets` (`self.trunk_source` says from where).
+    The weights come from `dse.assets.lpips` (`self.trunk_source` says from where).
     """
 
     def __init__(self, net: str = "alex", size: int | None = 224) -> None:
@@ -77,24 +77,32 @@ class LPIPSLoss(nn.Module):
         return f"net={self.net_name!r}, size={self.size}, trunk={self.trunk_source}"
 
 
-# Losses that need no construction, by the name a search space uses (`loss = "l2"`);
-# keep in step with dse.config.KNOWN_LOSSES.
-LOSSES: dict[str, Loss] = {"l1": l1, "l2": l2}
-# Every loss `make_loss` builds.
-LOSS_NAMES: tuple[str, ...] = (*LOSSES, "lpips")
+def _plain(loss: Loss) -> Callable[..., Loss]:
+    """The builder of a loss that needs no construction: `loss` itself, whatever the device."""
+    return lambda device="cpu", **_: loss
+
+
+def _lpips(device: torch.device | str = "cpu", *, lpips_net: str = "alex", lpips_size: int | None = 224) -> Loss:
+    return LPIPSLoss(lpips_net, lpips_size).to(device)
+
+
+# Every loss, by the name a search space uses (`loss = "l2"`): a builder
+# (device, *, lpips_net, lpips_size) -> Loss. dse.config.KNOWN_LOSSES names the same (a test checks).
+LOSSES: dict[str, Callable[..., Loss]] = {"l1": _plain(l1), "l2": _plain(l2), "lpips": _lpips}
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
 
 
 def make_loss(
     name: str, device: torch.device | str = "cpu", *, lpips_net: str = "alex", lpips_size: int | None = 224
 ) -> Loss:
     """The loss called `name`; for "lpips", a frozen `LPIPSLoss(lpips_net, lpips_size)` on `device`."""
-    if name == "lpips":
-        return LPIPSLoss(lpips_net, lpips_size).to(device)
-    return get_loss(name)
+    if name not in LOSSES:
+        raise KeyError(f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}")
+    return LOSSES[name](device, lpips_net=lpips_net, lpips_size=lpips_size)
 
 
 def get_loss(name: str) -> Loss:
     """The plain-function loss called `name` (l1 or l2); build LPIPS with `make_loss`."""
-    if name not in LOSSES:
+    if name not in LOSSES or name == "lpips":
         raise KeyError(f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)} (build 'lpips' with make_loss)")
-    return LOSSES[name]
+    return make_loss(name)

@@ -4,12 +4,15 @@ A setup is a small class registered in `SETUPS` under the name a search space us
 (`setup = "get" | "mi1" | "ta" | "dmd"`). Setups with parts of their own build them in `prepare`
 (TA: the teaching assistant and the expansion E; DMD: the real and fake scores), train them with
 the student through `extra_parameters` (E) or by themselves in `after_step` (DMD's fake score), and
-keep them in the trial checkpoint through `state_dict`; GET and MI1 have none.
+keep them in the trial checkpoint through `state_dict`; GET and MI1 have none. What a setup needs
+from above it (a way to train its TA, a way to load the pairs' teacher) comes in its `SetupContext`,
+which the trainer (`dse.distill.train.setup_context`) fills.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +20,24 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dse.config import Geometry, StudentArch, TrainConfig
+from dse.config import TrainConfig
 from dse.data.pairs import PairStore
 from dse.distill.losses import Loss, make_loss
 from dse.errors import DseError, one_line
 from dse.fileio import load_weights_only
+from dse.layout import LAST_CHECKPOINT, TA_DIR
 from dse.models.dit import DiT
-from dse.teacher.edm import sigma_schedule
+from dse.teacher.edm import (
+    P_MEAN, P_STD, RHO, SIGMA_DATA, SIGMA_MAX, Denoiser, EDMDenoiser, edm_loss, sample_training_sigma, sigma_schedule,
+)
+from dse.training import adamw, checkpoint_file, optimizer_step, seeded_init
+from dse.types import Geometry, StudentArch
+
+# Trains `model` (a DiT) with GET under a TrainConfig on the context's pairs and device, keeping its
+# checkpoint in a folder (None: none); returns its EMA.
+Pretrain = Callable[[nn.Module, TrainConfig, Path | None], nn.Module]
+# Builds the teacher `kind` for (dataset, device, source, data_root), as dse.teacher.registry.make_teacher.
+LoadTeacher = Callable[[str, str, str, str, str | None], Denoiser]
 
 
 @dataclass
@@ -38,7 +52,8 @@ class Batch:
 @dataclass
 class SetupContext:
     """What `Setup.prepare` may use: the trial's pairs and device, the student's geometry and width,
-    the trial's artifacts folder (None: keep nothing on disk) and its seed."""
+    the trial's artifacts folder (None: keep nothing on disk), its seed, and the trainer's ways to
+    train a TA (`pretrain`) and to load the pairs' teacher (`load_teacher`)."""
 
     pairs: PairStore
     device: torch.device
@@ -46,6 +61,8 @@ class SetupContext:
     student_width: int
     artifacts_dir: Path | None = None
     seed: int = 0
+    pretrain: Pretrain | None = None
+    load_teacher: LoadTeacher | None = None
 
 
 class Setup:
@@ -88,7 +105,7 @@ class GET(Setup):
         return self.loss(batch.x, x_hat)  # L_GET, paper App. B.1
 
 
-def mi1_sigma(tau: float, sigma_min: float = 0.02, sigma_max: float = 80.0, rho: float = 7.0) -> float:
+def mi1_sigma(tau: float, sigma_min: float = 0.02, sigma_max: float = SIGMA_MAX, rho: float = RHO) -> float:
     """Noise level of MI1 time `tau`, written as in the paper's Table 4: the fraction of noise left.
 
     tau = 1 is the noise end (sigma_max) and tau = 0 the clean image (sigma = 0); in between, EDM's
@@ -99,7 +116,7 @@ def mi1_sigma(tau: float, sigma_min: float = 0.02, sigma_max: float = 80.0, rho:
     return float(sigma_schedule(torch.tensor(1.0 - tau, dtype=torch.float64), sigma_min, sigma_max, rho))
 
 
-def mi1_target(x0: torch.Tensor, z: torch.Tensor, sigma: float, sigma_max: float = 80.0) -> torch.Tensor:
+def mi1_target(x0: torch.Tensor, z: torch.Tensor, sigma: float, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
     """x(t) on the forward PF-ODE between the pair's image x0 and noise z (paper App. B.3):
     x(t) = sqrt(a(t)) x0 + sqrt(1 - a(t)) eps, a = 1 / (1 + sigma^2),
     eps = (z - sqrt(a(1)) x0) / sqrt(1 - a(1)) with a(1) at sigma_max, so x(1) = z and x(0) = x0."""
@@ -138,13 +155,6 @@ def penultimate(blocks: list[torch.Tensor]) -> torch.Tensor:
     return blocks[-2] if len(blocks) >= 2 else blocks[-1]
 
 
-def _seeded_init(seed: int, build):
-    """`build()` with the global random state seeded by `seed`, leaving that state as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
 class TA(Setup):
     """Teaching assistant (paper App. B.2; Mirzadeh et al. 2020): a bigger DiT, trained first with
     GET on the same pairs (or loaded), teaches the student next to the teacher's images:
@@ -171,18 +181,17 @@ class TA(Setup):
     def prepare(self, ctx: SetupContext) -> None:
         cfg = self.cfg
         arch = StudentArch(cfg.ta_depth, cfg.ta_width, cfg.ta_heads)
-        ta = _seeded_init(ctx.seed, lambda: DiT(arch, ctx.geometry, label_dropout=cfg.label_dropout))
+        ta = seeded_init(ctx.seed, lambda: DiT(arch, ctx.geometry, label_dropout=cfg.label_dropout))
         if cfg.ta_checkpoint:
             _load_ta(ta, Path(cfg.ta_checkpoint))
         else:
-            # imported here: the trainer imports this module
-            from dse.distill.train import train_student
-
+            if ctx.pretrain is None:
+                raise RuntimeError("TA.prepare needs ctx.pretrain to train its TA (dse.distill.train.setup_context)")
             ta_cfg = dataclasses.replace(cfg, setup="get", steps=cfg.ta_steps)
-            ta_dir = ctx.artifacts_dir / "ta" if ctx.artifacts_dir is not None else None
-            ta = train_student(ta, ctx.pairs, ta_cfg, ctx.device, checkpoint_dir=ta_dir).ema
+            ta_dir = ctx.artifacts_dir / TA_DIR if ctx.artifacts_dir is not None else None
+            ta = ctx.pretrain(ta, ta_cfg, ta_dir)
         self.ta = ta.to(ctx.device).eval().requires_grad_(False)
-        self.expansion = _seeded_init(ctx.seed + 1, lambda: nn.Linear(ctx.student_width, cfg.ta_width)).to(ctx.device)
+        self.expansion = seeded_init(ctx.seed + 1, lambda: nn.Linear(ctx.student_width, cfg.ta_width)).to(ctx.device)
         if cfg.ta_lambda2 > 0 and cfg.ta_feature_loss == "lpips":
             self.feature_loss = self.loss if cfg.loss == "lpips" else make_loss(
                 "lpips", ctx.device, lpips_net=cfg.lpips_net, lpips_size=cfg.lpips_size or None)
@@ -226,10 +235,11 @@ class TA(Setup):
 def _load_ta(ta: DiT, path: Path) -> None:
     """Load a TA's weights from a trial checkpoint (`last.pt`, or its folder) of `train_student`:
     its EMA, read with weights_only."""
-    file = path / "last.pt" if path.is_dir() else path
+    file = checkpoint_file(path)
     if not file.is_file():
-        raise DseError(f"ta_checkpoint {file} not found; give a trial checkpoint (last.pt) or leave it empty to train a TA")
-    state = load_weights_only(file, "trainer checkpoint (last.pt)")  # one line for an empty, damaged or unsafe file
+        raise DseError(f"ta_checkpoint {file} not found; give a trial checkpoint ({LAST_CHECKPOINT}) or leave it "
+                       "empty to train a TA")
+    state = load_weights_only(file, f"trainer checkpoint ({LAST_CHECKPOINT})")  # one line for an empty, damaged or unsafe file
     try:
         ta.load_state_dict(state["ema"])
     except (KeyError, TypeError, RuntimeError) as e:  # not a trainer checkpoint, or another architecture
@@ -249,7 +259,7 @@ class DMD(Setup):
     Choices where the papers leave room:
     - the fake score starts from scratch (DMD initialises it from the real score, which here may be
       the empirical teacher, without weights) with no label dropout (no guidance is used);
-    - the noise levels sigma are drawn from EDM's training distribution ln sigma ~ N(-1.2, 1.2^2),
+    - the noise levels sigma are drawn from EDM's training distribution ln sigma ~ N(P_MEAN, P_STD^2),
       the one the fake score learns on, so it is queried where it is trained;
     - DMD's normaliser w = 1 / mean|x_hat - D_real| per image (detached; eps 1e-8 against 0);
     - the fake score trains on the student's samples of the same step, detached (before its update).
@@ -260,26 +270,22 @@ class DMD(Setup):
         self.real = None  # Denoiser D(x, sigma, labels)
         self.fake = None  # EDMDenoiser
         self.fake_opt: torch.optim.Optimizer | None = None
-        self.fake_cfg = None  # TeacherTrainConfig of the fake score
         self._samples: torch.Tensor | None = None  # the last step's x_hat, detached (B, C, H, W)
 
     def prepare(self, ctx: SetupContext) -> None:
-        # imported here: dse.teacher imports the trainer, which imports this module
-        from dse.teacher import make_teacher
-        from dse.teacher.train import TeacherTrainConfig, build_denoiser
-
         cfg, manifest = self.cfg, ctx.pairs.manifest
         teacher, dataset = manifest.get("teacher"), manifest.get("dataset")
         if not isinstance(teacher, dict) or not teacher.get("kind") or not dataset:
             raise DseError("setup dmd needs the teacher that made the pairs, but the pair store's manifest names "
                            "none (imported pairs?); make the pairs with `dse teacher` or use another setup")
-        self.real = make_teacher(teacher["kind"], dataset, str(ctx.device), teacher.get("source", ""),
-                                 cfg.dmd_teacher_data_root or None)
-        self.fake_cfg = TeacherTrainConfig(dataset=dataset, depth=cfg.dmd_fake_depth, width=cfg.dmd_fake_width,
-                                           heads=cfg.dmd_fake_heads, patch_size=ctx.geometry.patch_size,
-                                           lr=cfg.dmd_fake_lr, label_dropout=0.0, seed=ctx.seed)
-        self.fake = build_denoiser(self.fake_cfg, ctx.geometry).to(ctx.device).train()
-        self.fake_opt = torch.optim.AdamW(self.fake.parameters(), lr=cfg.dmd_fake_lr, weight_decay=0.0)
+        if ctx.load_teacher is None:
+            raise RuntimeError("DMD.prepare needs ctx.load_teacher for its real score (dse.distill.train.setup_context)")
+        self.real = ctx.load_teacher(teacher["kind"], dataset, str(ctx.device), teacher.get("source", ""),
+                                     cfg.dmd_teacher_data_root or None)
+        arch = StudentArch(cfg.dmd_fake_depth, cfg.dmd_fake_width, cfg.dmd_fake_heads)
+        fake = seeded_init(ctx.seed, lambda: EDMDenoiser(DiT(arch, ctx.geometry, label_dropout=0.0), SIGMA_DATA))
+        self.fake = fake.to(ctx.device).train()
+        self.fake_opt = adamw(self.fake.parameters(), cfg.dmd_fake_lr)
 
     def __call__(self, student: nn.Module, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         cfg = self.cfg
@@ -296,12 +302,9 @@ class DMD(Setup):
 
     def distribution_matching(self, x_hat: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """L_dm (a scalar) whose gradient in x_hat (B, C, H, W) is DMD's w (D_fake - D_real)(x_t)."""
-        from dse.teacher.train import sample_training_sigma
-
-        fc = self.fake_cfg
         with torch.no_grad(), torch.autocast(x_hat.device.type, enabled=False):
             x = x_hat.detach().float()  # (B, C, H, W)
-            sigma = sample_training_sigma(x.shape[0], fc.P_mean, fc.P_std, generator, x.device)  # (B,)
+            sigma = sample_training_sigma(x.shape[0], P_MEAN, P_STD, generator, x.device)  # (B,)
             x_t = x + sigma.view(-1, 1, 1, 1) * torch.randn(x.shape, generator=generator, device=x.device)
             p_real = self.real(x_t, sigma, y).to(x.dtype)  # (B, C, H, W); the empirical teacher is float64
             p_fake = self.fake(x_t, sigma, y).to(x.dtype)  # (B, C, H, W)
@@ -311,12 +314,7 @@ class DMD(Setup):
 
     def after_step(self, student: nn.Module, batch: Batch, generator: torch.Generator | None = None) -> None:
         """One AdamW step of the fake score on this step's student samples (EDM loss)."""
-        from dse.teacher.train import edm_loss
-
-        loss = edm_loss(self.fake, self._samples.float(), batch.y, self.fake_cfg, generator)
-        self.fake_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.fake_opt.step()
+        optimizer_step(self.fake_opt, edm_loss(self.fake, self._samples.float(), batch.y, generator))
 
     def state_dict(self) -> dict[str, Any]:
         return {"fake": self.fake.state_dict(), "fake_optimizer": self.fake_opt.state_dict()}
@@ -326,7 +324,7 @@ class DMD(Setup):
         self.fake_opt.load_state_dict(state["fake_optimizer"])
 
 
-# Setups by the name a search space uses; keep in step with dse.config.KNOWN_SETUPS.
+# Setups by the name a search space uses; dse.config.KNOWN_SETUPS names the same (a test checks).
 SETUPS: dict[str, type[Setup]] = {"get": GET, "mi1": MI1, "ta": TA, "dmd": DMD}
 
 

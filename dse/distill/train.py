@@ -1,6 +1,7 @@
-"""Owns the training loop: AdamW over shuffled teacher pairs for a fixed number of steps, an EMA of
-the weights, atomic checkpoints with exact resume, and a guard that stops a run whose loss is NaN
-or infinite.
+"""Owns the student's training loop: AdamW over shuffled teacher pairs for a fixed number of steps,
+an EMA of the weights, atomic checkpoints with exact resume, and a guard that stops a run whose loss
+is NaN or infinite (the parts it shares with the teacher's loop are in `dse.training`); and the
+`SetupContext` it gives a setup, with the ways to train a TA and to load a teacher.
 
 Every random choice of step s is a function of (seed, s): the batch is slot s of a shuffle seeded by
 (seed, epoch) and label dropout draws from a generator seeded by (seed, s). So a run resumed from
@@ -10,9 +11,6 @@ On CUDA, matmuls use TF32 and the forward pass bf16 autocast.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +24,10 @@ from dse.config import TrainConfig
 from dse.data.pairs import PairStore
 from dse.distill.losses import make_loss
 from dse.distill.setups import Batch, Setup, SetupContext, make_setup
-from dse.errors import DseError
-from dse.fileio import atomic_writer
-
-CHECKPOINT = "last.pt"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the trial is stored as failed with this message."""
+from dse.layout import LAST_CHECKPOINT
+from dse.teacher.registry import make_teacher
+from dse.training import TrainState, autocast, check_finite, load_checkpoint, restoring, save_checkpoint
+from dse.types import Geometry
 
 
 @dataclass
@@ -44,23 +38,6 @@ class TrainOutcome:
     seconds: float
     images_per_second: float
     resumed_from: int = 0
-
-
-class EMA:
-    """Exponential moving average of a model's weights, with a warm-up so short runs are meaningful:
-    decay_t = min(decay, (1 + t) / (10 + t)) at update t."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - d)
 
 
 def batch_indices(num_pairs: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -80,32 +57,29 @@ def total_steps(cfg: TrainConfig, num_pairs: int) -> int:
     return cfg.steps
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def setup_context(pairs: PairStore, device: torch.device, geometry: Geometry, student_width: int,
+                  artifacts_dir: Path | None = None, seed: int = 0) -> SetupContext:
+    """The context a setup is prepared with: the trial's pairs, device, geometry, student width,
+    artifacts folder and seed, a TA trained by this loop with GET on the same pairs, and the teacher
+    registry's `make_teacher`."""
+
+    def pretrain(model: nn.Module, cfg: TrainConfig, checkpoint_dir: Path | None) -> nn.Module:
+        return train_student(model, pairs, cfg, device, checkpoint_dir=checkpoint_dir).ema
+
+    return SetupContext(pairs, device, geometry, student_width, artifacts_dir, seed,
+                        pretrain=pretrain, load_teacher=make_teacher)
 
 
-def _save(path: Path, step: int, student: nn.Module, ema: EMA, opt: torch.optim.Optimizer, setup: Setup,
-          loss: float) -> None:
-    state = {"step": step, "student": student.state_dict(), "ema": ema.model.state_dict(),
-             "ema_updates": ema.updates, "optimizer": opt.state_dict(), "setup": setup.state_dict(), "loss": loss}
-    with atomic_writer(path) as f:
-        torch.save(state, f)
+def _save(path: Path, step: int, trainer: TrainState, setup: Setup, loss: float) -> None:
+    save_checkpoint(path, {"step": step, **trainer.state_dict("student"), "setup": setup.state_dict(), "loss": loss})
 
 
-def _resume(path: Path, student: nn.Module, ema: EMA, opt: torch.optim.Optimizer, setup: Setup,
-            device: torch.device) -> tuple[int, float]:
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        student.load_state_dict(state["student"])
-        ema.model.load_state_dict(state["ema"])
-        ema.updates = int(state["ema_updates"])
-        opt.load_state_dict(state["optimizer"])
+def _resume(path: Path, trainer: TrainState, setup: Setup) -> tuple[int, float]:
+    state = load_checkpoint(path, "trial checkpoint")
+    with restoring(path, "trial checkpoint", "delete it to train from scratch"):
+        trainer.load_state_dict(state, "student")
         setup.load_state_dict(state.get("setup", {}))
         return int(state["step"]), float(state["loss"])
-    except (pickle.UnpicklingError, RuntimeError, KeyError, ValueError, EOFError) as exc:
-        raise DseError(f"trial checkpoint {path} is unreadable ({exc}); delete it to train from scratch") from None
 
 
 def train_student(
@@ -127,15 +101,14 @@ def train_student(
     student.to(device).train()
     loss_fn = make_loss(cfg.loss, device, lpips_net=cfg.lpips_net, lpips_size=cfg.lpips_size or None)
     setup = make_setup(cfg.setup, loss_fn, cfg)
-    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
-    setup.prepare(SetupContext(pairs, device, student.geometry, student.arch.width,
-                               path.parent if path is not None else None, cfg.seed))
-    opt = torch.optim.AdamW([*student.parameters(), *setup.extra_parameters()], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
-    ema = EMA(student, cfg.ema_decay)
+    path = Path(checkpoint_dir) / LAST_CHECKPOINT if checkpoint_dir else None
+    setup.prepare(setup_context(pairs, device, student.geometry, student.arch.width,
+                                path.parent if path is not None else None, cfg.seed))
+    trainer = TrainState(student, lr=cfg.lr, weight_decay=cfg.weight_decay, ema_decay=cfg.ema_decay,
+                         extra=setup.extra_parameters())
     first, loss_value = 1, float("nan")
     if path is not None and path.is_file():
-        done, loss_value = _resume(path, student, ema, opt, setup, device)
+        done, loss_value = _resume(path, trainer, setup)
         first = done + 1
     steps = total_steps(cfg, len(pairs))
     seen, start = 0, time.perf_counter()
@@ -143,19 +116,16 @@ def train_student(
         z, y, x = pairs.batch(batch_indices(len(pairs), cfg.batch_size, cfg.seed, step))
         batch = Batch(torch.from_numpy(z).to(device), torch.from_numpy(y).to(device), torch.from_numpy(x).to(device))
         dropout = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-        with _autocast(device):
+        with autocast(device):
             loss = setup(student, batch, generator=dropout)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at step {step}; lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        check_finite(loss, step)
+        trainer.step(loss)
         setup.after_step(student, batch, generator=dropout)
-        ema.update(student)
+        trainer.update_ema()
         loss_value, seen = loss.item(), seen + len(y)
         if path is not None and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == steps):
-            _save(path, step, student, ema, opt, setup, loss_value)
+            _save(path, step, trainer, setup, loss_value)
         if progress and (step % progress_every == 0 or step == steps):
             progress(step, loss_value)
     seconds = time.perf_counter() - start
-    return TrainOutcome(ema.model, loss_value, steps, seconds, seen / max(seconds, 1e-9), resumed_from=first - 1)
+    return TrainOutcome(trainer.ema.model, loss_value, steps, seconds, seen / max(seconds, 1e-9), resumed_from=first - 1)

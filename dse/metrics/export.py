@@ -29,6 +29,7 @@ from torch import nn
 
 from dse.errors import DseError
 from dse.fileio import atomic_write
+from dse.layout import ONNX_FILE
 
 # Opset 17: the first with a fused LayerNormalization; read by every onnxruntime since 1.14.
 DEFAULT_OPSET = 17
@@ -90,7 +91,7 @@ def export_onnx(
     onnx = _onnx()
     path = Path(path)
     if path.is_dir():
-        raise DseError(f"cannot write the ONNX file {path}: it is a folder; give a file name such as {path / 'student.onnx'}")
+        raise DseError(f"cannot write the ONNX file {path}: it is a folder; give a file name such as {path / ONNX_FILE}")
     start = time.perf_counter()
     student = _cpu_copy(model)
     graph = GuidedStudent(student, guidance).eval()

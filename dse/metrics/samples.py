@@ -3,14 +3,13 @@ for FID, or as the PNG grid of one row per class shown in the report)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dse.data.datasets import to_uint8
-from dse.fileio import atomic_write
+from dse.data.grid import save_png
 
 
 @torch.no_grad()
@@ -59,16 +58,8 @@ def sample_grid(
     )
 
 
-def save_png(grid: np.ndarray, path: str | Path, *, min_cell: int = 32, cell: int | None = None) -> Path:
-    """Write a uint8 (H, W, C) image as PNG, atomically, scaled up (nearest) so that a cell of side
-    `cell` is at least `min_cell` pixels (tiny 8x8 samples stay visible in a report)."""
-    from PIL import Image
-
+def save_sample_grid(grid: np.ndarray, path: str | Path, *, min_cell: int = 32, cell: int | None = None) -> Path:
+    """Write a uint8 (H, W, C) grid as PNG (`dse.data.grid.save_png`), scaled up (nearest) so that a cell
+    of side `cell` is at least `min_cell` pixels (tiny 8x8 samples stay visible in a report)."""
     scale = max(1, -(-min_cell // cell)) if cell else 1
-    image = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    buffer = io.BytesIO()
-    pil.save(buffer, format="PNG")
-    path = Path(path)
-    atomic_write(path, buffer.getvalue())
-    return path
+    return save_png(path, np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1))

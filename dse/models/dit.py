@@ -17,11 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dse.config import Geometry, StudentArch
 from dse.sizing import FREQUENCY_EMBEDDING_SIZE
+from dse.teacher.edm import SIGMA_MAX
+from dse.types import Geometry, StudentArch
 
 # The single diffusion time the one-step student is conditioned on (EDM's sigma_max, paper App. B.3).
-STUDENT_TIME = 80.0
+STUDENT_TIME = SIGMA_MAX
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dse.errors import DseError, one_line
-from dse.teacher.edm import Denoiser
+from dse.teacher.edm import SIGMA_MAX, Denoiser
 
 # `package.module:function` (the function may be a dotted attribute path, e.g. `mod:Class.build`).
 _ENTRY_POINT = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)$")
@@ -140,7 +140,7 @@ def _probe(
     """Call the denoiser on two float64 images (as the Heun sampler does) at a high and a low noise
     level; the output must be finite and shaped like the input."""
     x = torch.randn(2, *shape, dtype=torch.float64, device=device)  # (2, C, H, W)
-    sigma = torch.tensor([80.0, 0.5], dtype=torch.float64, device=device)  # (2,)
+    sigma = torch.tensor([SIGMA_MAX, 0.5], dtype=torch.float64, device=device)  # (2,): the first level, a low one
     labels = torch.tensor([0, (num_classes or 1) - 1], dtype=torch.int64, device=device)  # (2,)
     try:
         out = denoiser(x, sigma, labels)

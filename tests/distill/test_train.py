@@ -1,12 +1,14 @@
 import numpy as np
 import torch
 
-from dse.config import Geometry, StudentArch, TrainConfig
+from dse.config import TrainConfig
 from dse.data.pairs import PairStore
 from dse.distill.losses import l1, l2
 from dse.distill.setups import GET, Batch
-from dse.distill.train import EMA, TrainingDiverged, batch_indices, train_student
+from dse.distill.train import batch_indices, train_student
 from dse.models.dit import DiT
+from dse.training import TrainingDiverged
+from dse.types import Geometry, StudentArch
 
 G = Geometry(8, 1, 10)
 
@@ -31,21 +33,6 @@ def test_batches_cover_each_epoch_once():
     second_epoch = np.concatenate([batch_indices(10, 4, 0, 3), batch_indices(10, 4, 0, 4)])
     assert len(set(second_epoch)) == 8 and not np.array_equal(first_epoch, second_epoch)
     assert sorted(batch_indices(3, 8, 0, 5)) == [0, 1, 2]  # small store: one batch of all
-
-
-def test_ema_warmup_follows_the_model_early():
-    model = torch.nn.Linear(1, 1, bias=False)
-    model.weight.data.fill_(0.0)
-    ema = EMA(model, decay=0.9999)
-    model.weight.data.fill_(1.0)
-    ema.update(model)  # decay_1 = min(0.9999, 2 / 11)
-    assert abs(ema.model.weight.item() - 9 / 11) < 1e-6
-    for _ in range(99):
-        ema.update(model)
-    # decay_t = (1 + t) / (10 + t) -> the EMA weight is 1 - prod_t decay_t
-    expected = 1 - np.prod([(1 + t) / (10 + t) for t in range(1, 101)])
-    assert abs(ema.model.weight.item() - expected) < 1e-5
-    assert not ema.model.weight.requires_grad
 
 
 def test_training_lowers_the_loss_and_is_deterministic(tiny_pairs):
@@ -126,3 +113,13 @@ def test_a_length_in_epochs_counts_whole_batches(tiny_pairs):
     out = train_student(DiT(StudentArch(1, 16, 2), G), PairStore.open(tiny_pairs),
                         TrainConfig(epochs=1, batch_size=128, steps=999), torch.device("cpu"))
     assert out.steps == 4
+
+
+def test_a_trial_checkpoint_keeps_the_keys_users_have_on_disk(tiny_pairs, tmp_path):
+    from dse.training import load_checkpoint
+
+    cfg = TrainConfig(steps=2, batch_size=64, seed=0)
+    train_student(DiT(StudentArch(1, 16, 2), G), PairStore.open(tiny_pairs), cfg, torch.device("cpu"),
+                  checkpoint_dir=tmp_path)
+    state = load_checkpoint(tmp_path / "last.pt", "trial checkpoint")
+    assert list(state) == ["step", "student", "ema", "ema_updates", "optimizer", "setup", "loss"]

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from dse.config import Geometry, StudentArch
+from dse.types import Geometry, StudentArch
 from dse.errors import DseError
 from dse.metrics.export import (
     ONNX_COLUMNS,

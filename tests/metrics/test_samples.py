@@ -2,9 +2,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dse.config import Geometry, StudentArch
-from dse.metrics.samples import sample_grid, save_png
+from dse.metrics.samples import sample_grid, save_sample_grid
 from dse.models.dit import DiT
+from dse.types import Geometry, StudentArch
 
 
 def _model(seed=0):
@@ -33,9 +33,9 @@ def test_grid_has_one_row_per_class_and_shares_the_noise_of_each_column():
 
 def test_png_is_scaled_to_a_visible_cell_and_reads_back(tmp_path):
     grid = np.random.default_rng(0).integers(0, 256, (16, 24, 1), dtype=np.uint8)
-    path = save_png(grid, tmp_path / "g.png", cell=8)
+    path = save_sample_grid(grid, tmp_path / "g.png", cell=8)
     image = np.asarray(Image.open(path))
     assert image.shape == (64, 96)  # 8-pixel cells scaled x4 to 32
     assert np.array_equal(image[::4, ::4], grid[..., 0])
     rgb = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    assert np.asarray(Image.open(save_png(rgb, tmp_path / "c.png", cell=32))).shape == (32, 32, 3)
+    assert np.asarray(Image.open(save_sample_grid(rgb, tmp_path / "c.png", cell=32))).shape == (32, 32, 3)

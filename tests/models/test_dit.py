@@ -1,7 +1,7 @@
 import torch
 
-from dse.config import Geometry, StudentArch
 from dse.models.dit import DiT
+from dse.types import Geometry, StudentArch
 
 G = Geometry(8, 1, 10)
 

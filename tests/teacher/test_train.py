@@ -1,4 +1,3 @@
-import math
 import re
 from dataclasses import replace
 
@@ -6,63 +5,10 @@ import pytest
 import torch
 
 from dse.errors import DseError
-from dse.teacher.train import (
-    TeacherTrainConfig,
-    dit_time,
-    edm_loss_weight,
-    edm_preconditioning,
-    load_trained_teacher,
-    read_checkpoint,
-    sample_training_sigma,
-    train_teacher,
-)
+from dse.teacher.train import TeacherTrainConfig, load_trained_teacher, read_checkpoint, train_teacher
 
-SD = 0.5
 # A tiny network and short runs keep these tests fast; warm-up is short so the loss moves quickly.
 TINY = TeacherTrainConfig(depth=1, width=32, heads=2, batch_size=32, steps=6, checkpoint_every=3, warmup_steps=5)
-
-
-def test_preconditioning_at_sigma_data():
-    c_skip, c_out, c_in, c_noise = edm_preconditioning(torch.tensor([SD], dtype=torch.float64), SD)
-    assert c_skip.item() == pytest.approx(0.5)
-    assert c_out.item() == pytest.approx(SD / math.sqrt(2))
-    assert c_in.item() == pytest.approx(1 / (SD * math.sqrt(2)))
-    assert c_noise.item() == pytest.approx(math.log(SD) / 4)
-
-
-def test_preconditioning_at_other_noise_levels():
-    sigma = torch.tensor([0.1, 2.0, 80.0], dtype=torch.float64)
-    c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, SD)
-    for i, s in enumerate(sigma.tolist()):
-        assert c_skip[i].item() == pytest.approx(SD**2 / (s**2 + SD**2))
-        assert c_out[i].item() == pytest.approx(s * SD / math.sqrt(s**2 + SD**2))
-        assert c_in[i].item() == pytest.approx(1 / math.sqrt(s**2 + SD**2))
-        assert c_noise[i].item() == pytest.approx(math.log(s) / 4)
-    # Unit variance of the network's input: Var(c_in (y + n)) = 1 for data of standard deviation SD.
-    torch.testing.assert_close(c_in**2 * (SD**2 + sigma**2), torch.ones(3, dtype=torch.float64))
-
-
-def test_loss_weight():
-    sigma = torch.tensor([0.01, SD, 3.0], dtype=torch.float64)
-    weight = edm_loss_weight(sigma, SD)
-    assert weight[1].item() == pytest.approx(2 / SD**2)  # (2 sd^2) / sd^4
-    assert weight[0].item() == pytest.approx((0.01**2 + SD**2) / (0.01 * SD) ** 2)
-    # EDM chooses lambda = 1 / c_out^2, so the network's effective target has unit weight.
-    _, c_out, _, _ = edm_preconditioning(sigma, SD)
-    torch.testing.assert_close(weight * c_out**2, torch.ones(3, dtype=torch.float64))
-
-
-def test_dit_time_maps_log_sigma_onto_dits_range():
-    sigma = torch.tensor([math.exp(-8), 1.0, math.exp(8)], dtype=torch.float64)
-    _, _, _, c_noise = edm_preconditioning(sigma, SD)
-    torch.testing.assert_close(dit_time(c_noise), torch.tensor([0.0, 500.0, 1000.0], dtype=torch.float64))
-
-
-def test_training_sigma_is_log_normal():
-    g = torch.Generator().manual_seed(0)
-    log_sigma = sample_training_sigma(100_000, -1.2, 1.2, g, "cpu").log()
-    assert log_sigma.mean().item() == pytest.approx(-1.2, abs=0.02)
-    assert log_sigma.std().item() == pytest.approx(1.2, abs=0.02)
 
 
 def test_config_is_validated():
@@ -221,3 +167,10 @@ def test_checkpoint_refusals_are_one_line_and_run_nothing(trained, tmp_path):
         load_trained_teacher(tmp_path / "short.pt")
     assert "\n" not in str(err.value)
     assert not marker.exists()
+
+
+def test_a_teacher_checkpoint_keeps_its_format_and_keys(trained):
+    ckpt = read_checkpoint(trained)
+    assert ckpt["format"] == "dse-teacher-v1"
+    assert list(ckpt) == ["format", "config", "geometry", "step", "model", "ema", "ema_updates", "optimizer",
+                          "generator"]
