@@ -295,13 +295,23 @@ def test_dry_run_refuses_what_run_refuses(tmp_path, args, message):
     assert not list(tmp_path.iterdir())
 
 
+def _ctrl_c_as_on_a_terminal() -> None:
+    """In the child: Ctrl-C's default action, as a command typed at a terminal has it. A test suite
+    started in the background of a non-interactive shell (`pytest &`) ignores SIGINT, and a child
+    inherits an ignored signal; then no Ctrl-C could reach the run under test."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_is_one_line_saying_how_to_resume_and_exit_130(tmp_path):
     import signal
 
     # many slow pairs: the interrupt lands while the teacher pairs are made, before any trial
     opts = _tiny_study(tmp_path) + ["--set", "teacher.num_pairs=100000", "--set", "teacher.num_steps=18"]
     proc = subprocess.Popen([sys.executable, "-m", "dse", "run", *opts], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=_ctrl_c_as_on_a_terminal)
     try:
         for line in proc.stdout:  # making the pairs
             if line.startswith("teacher pairs"):

@@ -293,6 +293,7 @@ onnx = false
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds Ray's processes through /proc")
 def test_ctrl_c_stops_a_run_with_exit_code_130_and_the_next_run_resumes(tmp_path):
     torch = pytest.importorskip("torch")
+    from .test_cli import _ctrl_c_as_on_a_terminal
     from .test_resume import ROOT, _marked, _rows, _wait_gone
 
     space = tmp_path / "space.toml"
@@ -307,7 +308,7 @@ def test_ctrl_c_stops_a_run_with_exit_code_130_and_the_next_run_resumes(tmp_path
            "--reports-dir", str(tmp_path / "reports"), "--no-live"]
     try:
         first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=_ctrl_c_as_on_a_terminal)
         deadline = time.monotonic() + 240
         while not list(artifacts.glob("*/last.pt")):  # training, with a checkpoint
             assert first.poll() is None, "the run ended before Ctrl-C:\n" + first.communicate()[1]
