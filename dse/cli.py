@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from dse.config import StudyConfig, dataset_geometry, parse_assignments, study_for_run, study_for_sizing
+from dse.config import StudyConfig, TeacherConfig, dataset_geometry, parse_assignments, study_for_run, study_for_sizing
 from dse.errors import DseError
 from dse.events import FAILED, STOPPED
 from dse.types import Geometry
@@ -375,6 +375,10 @@ def _progress_bar(description: str, total: int | None, unit: str = "pairs"):
         yield update
 
 
+# `dse teacher generate` makes pairs as a study would: the [teacher] section's defaults are its own.
+_TEACHER = TeacherConfig()
+
+
 @teacher_app.command("generate")
 def teacher_generate(
     out: Path = typer.Option(..., "--out", help="Pair-store directory (resumes if it exists)."),
@@ -382,10 +386,11 @@ def teacher_generate(
     teacher: str = typer.Option("empirical", "--teacher", help="empirical, trained or external."),
     source: str = typer.Option("", "--source", help="trained: checkpoint; external: TorchScript file or module:function."),
     data_root: Optional[str] = DataRootOpt,
-    num: int = typer.Option(4096, "--num", help="Number of pairs."), seed: int = typer.Option(0, "--seed"),
-    num_steps: int = typer.Option(18, "--steps", help="Heun steps (NFE = 2 x steps - 1)."),
-    batch_size: int = typer.Option(512, "--batch-size"), shard_size: int = typer.Option(65536, "--shard-size"),
-    image_dtype: str = typer.Option("float32", "--image-dtype", help="float32 or float16."),
+    num: int = typer.Option(_TEACHER.num_pairs, "--num", help="Number of pairs."),
+    seed: int = typer.Option(_TEACHER.seed, "--seed"),
+    num_steps: int = typer.Option(_TEACHER.num_steps, "--steps", help="Heun steps (NFE = 2 x steps - 1)."),
+    batch_size: int = typer.Option(512, "--batch-size"), shard_size: int = typer.Option(_TEACHER.shard_size, "--shard-size"),
+    image_dtype: str = typer.Option(_TEACHER.image_dtype, "--image-dtype", help="float32 or float16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
 ) -> None:
     """Sample (noise, label, image) pairs from a teacher with EDM's Heun sampler."""

@@ -140,3 +140,20 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_store_stays_resumable(f
     out = dse("teacher", "generate", "--out", str(fresh), *args)
     _one_line_error(out, "No space left on device")
     assert not (full_tmpfs / "fresh").exists()
+
+
+def test_teacher_generate_takes_its_defaults_from_the_teacher_section_and_edm():
+    """`dse teacher generate` makes pairs as a study's [teacher] section would: same defaults, and the
+    number of Heun steps is EDM's."""
+    import typer.main
+
+    from dse.cli import app
+    from dse.config import TeacherConfig
+    from dse.teacher.edm import NUM_STEPS
+
+    generate = typer.main.get_command(app).commands["teacher"].commands["generate"]
+    defaults = {p.name: p.default for p in generate.params}
+    t = TeacherConfig()
+    assert (defaults["num"], defaults["seed"], defaults["num_steps"], defaults["shard_size"], defaults["image_dtype"]) == \
+        (t.num_pairs, t.seed, t.num_steps, t.shard_size, t.image_dtype)
+    assert defaults["num_steps"] == NUM_STEPS
