@@ -65,6 +65,7 @@ def run(
     study: Optional[str] = typer.Option(None, "--study", help="Study name [default: the space's name, plus the budget if given]."),
     lower: Optional[float] = LowerOpt, upper: Optional[float] = UpperOpt,
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per trial."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Train each candidate with N training seeds (0..N-1), one row each, grouped with a confidence interval [space.seeds, else one]."),
     fid_samples: Optional[int] = typer.Option(None, "--fid-samples", help="Generated images for FID/KID/IS [50000]."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:N]."),
     search: Optional[str] = typer.Option(None, "--search", help="grid (every candidate) or optuna (multi-objective TPE) [grid]."),
@@ -88,7 +89,8 @@ def run(
     from dse.study import preflight, run_study
 
     cfg = study_for_run(
-        space, name=study, assignments=assignments, space={"budget": budget, "lower": lower, "upper": upper},
+        space, name=study, assignments=assignments,
+        space={"budget": budget, "lower": lower, "upper": upper, "seeds": _seeds(seeds)},
         train={"steps": steps}, eval={"num_samples": fid_samples},
         run={"device": device, "results_dir": results_dir, "reports_dir": reports_dir,
              "retry_failed": retry_failed or None, "search": search, "num_samples": num_samples,
@@ -96,10 +98,16 @@ def run(
              "address": address},
     )
     plan = preflight(cfg)  # planned and checked once, before anything is written (the cluster: when the run connects)
+    seeds = len(cfg.space.seeds) or 1
     _echo(f"study {cfg.name}: {len(plan.specs)} trials ({len(plan.candidates)} architectures x "
-          f"{len(cfg.trainings())} trainings) on {cfg.dataset}, budget {cfg.space.budget}")
+          f"{len(cfg.trainings()) // seeds} trainings" + (f" x {seeds} seeds" if seeds > 1 else "")
+          + f") on {cfg.dataset}, budget {cfg.space.budget}")
     if plan.proposal:
         _echo(f"design rule: {plan.proposal.arch.name} ({plan.proposal.params:,} params)")
+    from dse.findings import plan_notes
+
+    for note in plan_notes((t.loss for _, t in cfg.trainings()), plan.geometry.image_size):
+        _echo(f"note: {note}")
     from dse.estimate import estimate_study
     from dse.progress import TrialBoard, format_duration, live_table, outcome_summary
 
@@ -125,6 +133,17 @@ def run(
         _echo(f"{outcome.num_failed} of {len(plan.specs)} trials failed: `dse status {cfg.name} --results-dir "
               f"{cfg.run.results_dir}` says why, `dse run ... --retry-failed` runs them again")
         raise typer.Exit(EXIT_FAILED_TRIALS)
+
+
+def _seeds(n: Optional[int]) -> Optional[list[int]]:
+    """`--seeds N` as the training seeds 0..N-1 (None: not given); N must be 1..32."""
+    if n is None:
+        return None
+    from dse.config import MAX_SEEDS
+
+    if not 1 <= n <= MAX_SEEDS:
+        raise DseError(f"--seeds {n}: give a number of training seeds from 1 to {MAX_SEEDS}")
+    return list(range(n))
 
 
 def _echo_dry_run(cfg: StudyConfig, guess, skipped: int) -> None:
@@ -211,6 +230,23 @@ def report_cmd(
     _echo(f"report: {report_study(study, results_dir, reports_dir)}")
 
 
+@app.command("findings")
+def findings_cmd(
+    study: str = typer.Argument("demo", help="Study name (a directory under --results-dir)."),
+    results_dir: str = typer.Option("results", "--results-dir", help="Where studies are stored."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check the paper's design principles on a study's results: for each one its data can speak to,
+    "holds", "does not hold" or "cannot tell (tied)", with the numbers, intervals and the paper's figures."""
+    from dse.findings import format_findings, study_findings
+
+    found = study_findings(study, results_dir)
+    if as_json:
+        _echo(json.dumps([f.to_dict() for f in found], default=str))
+        return
+    typer.echo(format_findings(found), nl=False)
+
+
 DataRootOpt = typer.Option(None, "--data-root", help="Data set location (a folder, or an .npz for cifar10) [$DSE_DATA or ~/.cache/dse/data].")
 
 
@@ -265,7 +301,7 @@ ResultsDirOpt = typer.Option("results", "--results-dir", help="Where studies are
 
 @app.command("query")
 def query_cmd(
-    sql: str = typer.Argument(..., help="One SELECT over the views `trials` (every row of every study) and `pareto` (each study's front)."),
+    sql: str = typer.Argument(..., help="One SELECT over the views `trials` (every row of every study), `points` (one row per candidate: its seeds grouped, FID mean and 95% interval) and `pareto` (the rows of each study's noise-aware front: front and tied points)."),
     results_dir: str = ResultsDirOpt,
     study: Optional[str] = typer.Option(None, "--study", help="Only this study's rows."),
     fmt: str = FormatOpt,

@@ -69,6 +69,7 @@ class TeacherConfig:
 
 
 DEPTH_CHOICES = ("all", "closest")  # SpaceConfig.depths
+MAX_SEEDS = 32  # SpaceConfig.seeds: training seeds per candidate x training, at most
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,12 @@ class SpaceConfig:
     mlp_ratio: float = 4.0
     setups: tuple[str, ...] = ("get",)
     losses: tuple[str, ...] = ("l2",)
+    # training seeds: each candidate x training is trained once per seed (one row each), train.seed replaced;
+    # empty: train.seed only
+    seeds: tuple[int, ...] = ()
+    # an explicit list of [depth, width, heads]: these architectures instead of widths x depths x heads
+    # (the paper's Table 6); each must fit under upper * budget (the band's lower end does not apply)
+    architectures: tuple[tuple[int, ...], ...] = ()
 
     @functools.cached_property
     def budget_params(self) -> int:
@@ -172,6 +179,7 @@ class EvalConfig:
     onnx_num_images: int = 0  # images for the onnxruntime timing (0: latency_num_images)
     samples_per_class: int = 10  # columns of the PNG sample grid (one row per class; 0: no grid)
     seed: int = 0
+    fid_bootstrap: int = 100  # resamplings of the generated samples' features for fid_std / fid_ci_* (0: none)
 
 
 @dataclass(frozen=True)
@@ -225,11 +233,18 @@ class StudyConfig:
 
     def trainings(self) -> list[tuple[str, TrainConfig]]:
         """The (name, training config) pairs each architecture is trained with: the variants if the
-        study has any, else every setup x loss of the space."""
+        study has any, else every setup x loss of the space; each once per seed of `space.seeds`
+        (train.seed replaced, the name kept: the seed is a column of its own), or once with train.seed
+        when `space.seeds` is empty. A variant may not set `seed` itself when `space.seeds` is given
+        (`validate` refuses it)."""
         if self.variants:
-            return [(v.name, variant_train(self.train, v)) for v in self.variants]
-        return [(f"{s}-{l}", dataclasses.replace(self.train, setup=s, loss=l))
-                for s in self.space.setups for l in self.space.losses]
+            named = [(v.name, variant_train(self.train, v)) for v in self.variants]
+        else:
+            named = [(f"{s}-{l}", dataclasses.replace(self.train, setup=s, loss=l))
+                     for s in self.space.setups for l in self.space.losses]
+        if not self.space.seeds:
+            return named
+        return [(name, dataclasses.replace(train, seed=seed)) for name, train in named for seed in self.space.seeds]
 
     def pairs_dir(self) -> Path:
         if self.teacher.pairs_dir:
@@ -291,7 +306,7 @@ RANGES: dict[str, dict[str, Rule]] = {
                 "sigma_max": _POSITIVE, "rho": _POSITIVE, "shard_size": _POSITIVE},
     "space": {"lower": _POSITIVE, "upper": _POSITIVE, "widths": _at_least(4), "min_width": _at_least(4),
               "max_width": _at_least(4), "min_depth": _at_least(1), "max_depth": _at_least(1), "heads": _at_least(1),
-              "mlp_ratio": _POSITIVE},
+              "mlp_ratio": _POSITIVE, "seeds": _NOT_NEGATIVE},
     "train": {"steps": _POSITIVE, "epochs": _NOT_NEGATIVE, "batch_size": _POSITIVE, "lr": _POSITIVE,
               "weight_decay": _NOT_NEGATIVE, "ema_decay": _FRACTION, "label_dropout": _FRACTION,
               "seed": _NOT_NEGATIVE, "checkpoint_every": _NOT_NEGATIVE, "lpips_size": _NOT_NEGATIVE,
@@ -304,7 +319,8 @@ RANGES: dict[str, dict[str, Rule]] = {
     "eval": {"num_samples": (lambda v: v >= 2, "must be at least 2 (FID estimates a covariance)"),
              "guidance": _NOT_NEGATIVE, "reference_num": _NOT_NEGATIVE, "latency_num_images": _POSITIVE,
              "latency_batch": _POSITIVE, "latency_repeats": _POSITIVE, "onnx_num_images": _NOT_NEGATIVE,
-             "samples_per_class": _NOT_NEGATIVE, "seed": _NOT_NEGATIVE},
+             "samples_per_class": _NOT_NEGATIVE, "seed": _NOT_NEGATIVE,
+             "fid_bootstrap": (lambda v: v == 0 or v >= 2, "must be 0 (no bootstrap) or at least 2 (one resample has no spread)")},
     "run": {"cpus_per_trial": _NOT_NEGATIVE,
             "gpus_per_trial": (lambda v: v == -1 or 0 <= v <= 1 or (v > 1 and v.is_integer()),
                                "must be >= 0 (a fraction up to 1, whole GPUs above) or -1 (from the model's memory)"),
@@ -375,6 +391,12 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         if isinstance(value, str) and str in get_args(kind):
             return value
         kind = next(k for k in get_args(kind) if k is not str)
+    if get_origin(kind) is tuple and get_origin(get_args(kind)[0]) is tuple:  # architectures: [[d, w, h], ...]
+        items = value if isinstance(value, (list, tuple)) else None  # a tuple: from `to_raw` of a config
+        if items is None or not all(isinstance(v, (list, tuple)) and len(v) == 3 and all(_fits(x, int) for x in v) for v in items):
+            raise DseError(f"{where} has the wrong type: got {value!r}, expected a list of [depth, width, heads] "
+                           "lists of integers, e.g. [[5, 64, 8], [9, 48, 6]]")
+        return tuple(tuple(int(x) for x in v) for v in items)
     if get_origin(kind) is tuple:
         item = get_args(kind)[0]
         items = value if isinstance(value, list) else [value]
@@ -509,6 +531,27 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         raise DseError(f"{source}: [space] depths must be one of {', '.join(map(repr, DEPTH_CHOICES))}, not {s.depths!r}")
     if isinstance(s.heads, str) and s.heads not in ("all", "rule"):
         raise DseError(f"{source}: [space] heads must be \"all\", \"rule\" or a list of integers, not {s.heads!r}")
+    for arch in s.architectures:
+        d, w, h = arch
+        if d < 1 or w < 4 or h < 1 or w % 4 or w % h:
+            raise DseError(f"{source}: [space] architectures entry {list(arch)}: [depth, width, heads] needs depth >= 1, "
+                           "a width that is a positive multiple of 4, and heads >= 1 dividing the width")
+    if s.architectures:
+        default = SpaceConfig()
+        enumerating = [k for k in ("widths", "min_width", "max_width", "min_depth", "max_depth", "heads", "depths")
+                       if getattr(s, k) != getattr(default, k)]
+        if enumerating:
+            raise DseError(f"{source}: [space] architectures lists the students, so {', '.join(enumerating)} would be "
+                           "ignored; remove them, or remove architectures (--set space.architectures=[]) to enumerate")
+    if len(set(s.architectures)) != len(s.architectures):
+        raise DseError(f"{source}: [space] architectures lists an architecture twice")
+    if len(set(s.seeds)) != len(s.seeds) or len(s.seeds) > MAX_SEEDS:
+        raise DseError(f"{source}: [space] seeds = {list(s.seeds)}: give at most {MAX_SEEDS} distinct training seeds, "
+                       "each >= 0 (e.g. seeds = [0, 1, 2])")
+    seeded = [v.name for v in cfg.variants if "seed" in v.overrides]
+    if s.seeds and seeded:
+        raise DseError(f"{source}: variant {seeded[0]!r} sets seed, but [space] seeds = {list(s.seeds)} gives every "
+                       "training its seeds; remove seed from the variant (or leave space.seeds empty)")
     if s.heads == ():
         raise DseError(f"{source}: [space] heads = []: give \"all\", \"rule\" or at least one head count")
     for name, values, known in (("setups", s.setups, KNOWN_SETUPS), ("losses", s.losses, KNOWN_LOSSES)):
@@ -608,7 +651,8 @@ def with_paper_widths(cfg: StudyConfig) -> StudyConfig:
     with the design rule's heads (one model per width, as in the paper's Table 2), its other settings
     kept: what `dse run --budget B` uses without a space file (the demo's three widths suit only the
     demo's own budget)."""
-    return dataclasses.replace(cfg, space=dataclasses.replace(cfg.space, widths=(), heads="rule", depths="closest"))
+    return dataclasses.replace(cfg, space=dataclasses.replace(cfg.space, widths=(), heads="rule", depths="closest",
+                                                              architectures=()))
 
 
 def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:

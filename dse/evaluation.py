@@ -81,17 +81,21 @@ def write_samples(model, path: str | Path, cfg: EvalConfig, device) -> str | Non
 
 
 def measure_quality(model, dataset: str, cfg: EvalConfig, *, data_root: str = "", device="cpu") -> dict[str, Any]:
-    """FID / KID / IS of `cfg.num_samples` guided samples (random uniform labels) and how they were measured."""
+    """FID / KID / IS of `cfg.num_samples` guided samples (random uniform labels) and how they were measured:
+    with `fid_std` / `fid_ci_low` / `fid_ci_high` from `cfg.fid_bootstrap` resamples (`fid_bootstrap`),
+    `label_agreement` (do the samples follow the labels they were made for) and `eval_seed` (`cfg.seed`,
+    from which every evaluation generator's seed is derived, `dse.metrics.samples.eval_generator_seed`)."""
     from dse.metrics.fid import image_quality
     from dse.metrics.samples import sample_images
 
     start = time.perf_counter()
-    images, _ = sample_images(model, cfg.num_samples, guidance=cfg.guidance, seed=cfg.seed, device=device)
+    images, labels = sample_images(model, cfg.num_samples, guidance=cfg.guidance, seed=cfg.seed, device=device)
     quality = image_quality(
-        images, dataset, data_root=data_root, reference=cfg.reference, reference_num=cfg.reference_num,
-        extractor=cfg.extractor, inception_path=cfg.inception_weights, device=str(device),
+        images, dataset, labels=labels, bootstrap=cfg.fid_bootstrap, data_root=data_root, reference=cfg.reference,
+        reference_num=cfg.reference_num, extractor=cfg.extractor, inception_path=cfg.inception_weights,
+        device=str(device),
     )
-    return {**quality, "guidance": cfg.guidance, "quality_seconds": time.perf_counter() - start}
+    return {**quality, "guidance": cfg.guidance, "eval_seed": cfg.seed, "quality_seconds": time.perf_counter() - start}
 
 
 def measure_speed(model, cfg: EvalConfig, *, device="cpu", onnx_path: str | Path | None = None) -> dict[str, Any]:

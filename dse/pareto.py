@@ -3,7 +3,20 @@
 A point a dominates b when a <= b in every objective and a < b in at least one. Rank 0 is the
 Pareto front; rank k is the front of what is left after removing ranks 0..k-1 (NSGA-II's fast
 non-dominated sort, Deb et al. 2002). Points with a missing objective (None or NaN) are left out
-of the sort and get rank None. Imports neither torch nor ray; pandas only inside functions.
+of the sort and get rank None.
+
+The noise-aware front (`noise_aware_front`) works on points (`dse.stats.group_points`: one per
+candidate, each objective a mean with an interval). A point a *clearly dominates* b when a dominates
+b on the means and the evidence says a is at least as good in every objective at
+`dse.stats.CONFIDENCE`: in an exact objective (no spread: params, a latency measured once) a <= b, in
+a noisy one (FID) a is clearly better (`dse.stats.compare` == "less"). So a smaller model whose FID
+cannot be told apart from a larger one's does not make the larger one dominated: they are tied (the
+larger might be better in FID; the data cannot say). Each point is then FRONT (plain rank 0), DOMINATED (some point clearly dominates
+it) or TIED (not on the plain front, but every point that dominates it on the means does so within
+the noise: the data cannot separate it from the front). Requiring dominance on the means keeps the
+two views consistent: a FRONT point is never listed as dominated.
+
+Imports neither torch nor ray; pandas only inside functions.
 """
 
 from __future__ import annotations
@@ -15,11 +28,15 @@ from typing import TYPE_CHECKING
 
 from dse.errors import DseError
 from dse.events import COMPLETE
+from dse.stats import CONFIDENCE, LESS, Estimate, compare, estimate_of
 
 if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_OBJECTIVES: tuple[str, ...] = ("params", "fid", "latency_s")
+# A point's `front_status` in the noise-aware front (module docstring).
+FRONT, TIED, DOMINATED = "front", "tied", "dominated"
+FRONT_STATUSES = (FRONT, TIED, DOMINATED)
 
 Point = Sequence[float | None]
 
@@ -97,3 +114,56 @@ def pareto_front(df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVE
     such row dominates; False for every other row.
     """
     return pareto_ranks(df, objectives).eq(0).fillna(False).astype(bool).rename("on_front")
+
+
+def clearly_dominates(a: Sequence[Estimate], b: Sequence[Estimate], confidence: float = CONFIDENCE) -> bool:
+    """True when point a (one Estimate per objective) clearly dominates b: a dominates b on the means,
+    and the evidence says a is at least as good in every objective at `confidence`: in an exact one
+    (no spread, such as params) a <= b, in a noisy one a is clearly better (`compare` says "less")."""
+    means_a, means_b = _as_floats([e.mean for e in a]), _as_floats([e.mean for e in b])
+    if means_a is None or means_b is None or not _dominates(means_a, means_b):
+        return False
+    for x, y in zip(a, b):
+        exact = x.known and y.known and x.sd == 0 and y.sd == 0
+        if not (x.mean <= y.mean if exact else compare(x, y, confidence) == LESS):
+            return False  # a noisy objective where a is not clearly better: the data cannot tell them apart
+    return True
+
+
+def noise_aware_front(points_df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES,
+                      confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """`points_df` (one row per point, as `dse.stats.group_points` gives it: per objective o the
+    columns o, o_sd, o_low, o_high, and n, candidate_id) plus `pareto_rank` (plain rank on the means,
+    nullable Int64; <NA> when an objective is missing), `front_status` (FRONT, TIED, DOMINATED; None
+    when an objective is missing), `dominated_by` (the candidate_ids that clearly dominate it) and
+    `tied_with` (those that dominate it on the means, but not clearly). See the module docstring."""
+    import pandas as pd
+
+    missing = [c for c in ("candidate_id", *objectives) if c not in points_df.columns]
+    if missing:
+        raise DseError(
+            f"the points have no column {', '.join(map(repr, missing))}: "
+            f"choose objectives among {', '.join(map(str, points_df.columns))}"
+        )
+    df = points_df.copy()
+    records = df.to_dict("records")
+    ests = [[estimate_of(r, o) for o in objectives] for r in records]
+    means = [[e.mean for e in row] for row in ests]
+    ranks = non_dominated_sort(means)
+    ids = [str(r["candidate_id"]) for r in records]
+    dominated_by: list[list[str]] = [[] for _ in records]
+    tied_with: list[list[str]] = [[] for _ in records]
+    valid = [i for i, rank in enumerate(ranks) if rank is not None]
+    for i in valid:
+        for j in valid:
+            if i == j or ranks[j] == 0 or not _dominates(tuple(means[i]), tuple(means[j])):
+                continue
+            (dominated_by if clearly_dominates(ests[i], ests[j], confidence) else tied_with)[j].append(ids[i])
+    status: list[str | None] = []
+    for i, rank in enumerate(ranks):
+        status.append(None if rank is None else FRONT if rank == 0 else DOMINATED if dominated_by[i] else TIED)
+    df["pareto_rank"] = pd.array(ranks, dtype="Int64")
+    df["front_status"] = status
+    df["dominated_by"] = dominated_by
+    df["tied_with"] = tied_with
+    return df

@@ -13,8 +13,9 @@ Three parts, each usable on its own:
   While the live table is up, everything written to sys.stdout / sys.stderr is printed above it
   (rich's redirection), and nothing of dse writes to the terminal behind its back: a line written
   past the table would leave a stale copy of the table's top on screen at every redraw.
-- `summary_lines(...)`: the lines printed at the end (counts, the Pareto points, where the results
-  and the report are), from plain inputs.
+- `summary_lines(...)`: the lines printed at the end (counts, the points of the noise-aware Pareto
+  front with their FID intervals and which are tied, the study's warnings, where the results and
+  the report are), from plain inputs.
 
 Events (`dse.events`, from `dse.executor.Events` and `dse.study.measure_latency_pass`):
 START {}, TRAIN {step, loss}, COMPLETE {status, params, fid, latency_s, ...},
@@ -45,6 +46,7 @@ from typing import Any
 
 from dse.errors import first_line
 from dse.events import COMPLETE, FAILED, LATENCY, START, STOPPED, TRAIN, OnEvent
+from dse.stats import CONFIDENCE
 
 # A trial's state on the board: the row statuses COMPLETE, FAILED, STOPPED (dse.events) and these.
 PENDING, RUNNING, TRAINED, STORED = "pending", "running", "trained", "stored"
@@ -480,13 +482,34 @@ def live_table(board: TrialBoard, *, enabled: bool = True, console=None, echo: C
 
 
 # -- the end -----------------------------------------------------------------------------------
+def _fid_parts(row: dict) -> tuple[str, str]:
+    """A point's FID and the half-width of its interval ("36.1", "1.8"); "" for the latter when no
+    interval is known."""
+    fid = _num(row.get("fid"), ".1f")
+    try:
+        half = (float(row["fid_high"]) - float(row["fid_low"])) / 2
+    except (KeyError, TypeError, ValueError):
+        return fid, ""
+    return fid, (f"{half:.1f}" if fid != "-" and math.isfinite(half) and half > 0 else "")
+
+
+def _fid_cells(rows: Sequence[dict]) -> list[str]:
+    """The FIDs of `rows` as "36.1 ± 1.8", "36.1" where no interval is known, aligned on the mean."""
+    parts = [_fid_parts(r) for r in rows]
+    wm = max((len(m) for m, _ in parts), default=0)
+    wh = max((len(h) for _, h in parts), default=0)
+    return [m.rjust(wm) + (f" ± {h.rjust(wh)}" if h else " " * (wh + 3) if wh else "") for m, h in parts]
+
+
 def summary_lines(
     *, num_complete: int, num_failed: int, num_stopped: int = 0, skipped: int = 0, elsewhere: int = 0,
     front: Sequence[dict] = (), results: str | Path | None = None, report: str | Path | None = None,
-    elapsed_s: float | None = None,
+    elapsed_s: float | None = None, warnings: Sequence[str] = (),
 ) -> list[str]:
-    """The closing lines: counts, the Pareto points as an aligned table (trial, params, fid,
-    latency; rows as `StudyOutcome.front` has them), where the results and the report are."""
+    """The closing lines: counts, the points of the noise-aware Pareto front as an aligned table
+    (trial, n, params, fid ± the half-width of its CONFIDENCE interval, latency, status front/tied;
+    rows as `StudyOutcome.front` has them), the warnings (`StudyOutcome.warnings`), where the results
+    and the report are."""
     counts = [f"{num_complete} complete", f"{num_failed} failed"]
     if num_stopped:
         counts.append(f"{num_stopped} stopped")
@@ -496,18 +519,24 @@ def summary_lines(
         counts.append(f"{elsewhere} running elsewhere (skipped)")
     lines = [", ".join(counts) + (f" in {format_duration(elapsed_s)}" if elapsed_s is not None else "")]
     if front:
-        lines.append(f"Pareto front ({len(front)} point{'s' if len(front) != 1 else ''}; params, fid, latency all minimised):")
-        table = [("trial", "params", "fid", "latency")] + [
-            (str(r.get("trial_id", "?")), _count(r.get("params")), _num(r.get("fid")),
-             _num(r.get("latency_s"), ".4g") + (" s" if _num(r.get("latency_s")) != "-" else ""))
-            for r in front
+        pct = f"{100 * CONFIDENCE:g}%"
+        lines.append(f"Pareto front ({len(front)} point{'s' if len(front) != 1 else ''}; params, fid, latency all "
+                     f"minimised; fid: mean ± half its {pct} interval; tied: the data cannot separate it from a "
+                     f"front point at {pct}):")
+        table = [("trial", "n", "params", "fid", "latency", "status")] + [
+            (str(r.get("trial_id", "?")), _count(r.get("n")), _count(r.get("params")), fid,
+             _num(r.get("latency_s"), ".4g") + (" s" if _num(r.get("latency_s")) != "-" else ""),
+             str(r.get("front_status") or "-"))
+            for r, fid in zip(front, _fid_cells(front))
         ]
-        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         for row in table:
             lines.append("  " + "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+                cell.ljust(w) if i in (0, 5) else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
     else:
         lines.append("Pareto front: empty (no trial has all of params, fid and latency)")
+    lines += [f"warning: {w}" for w in warnings]
     if results is not None:
         lines.append(f"results: {results}")
     if report is not None:
@@ -525,4 +554,5 @@ def outcome_summary(outcome: Any, elapsed_s: float | None = None) -> list[str]:
         elsewhere=getattr(outcome, "elsewhere", 0),
         front=outcome.front, results=f"{store.root}/*.parquet" if store is not None else None,
         report=getattr(outcome, "report_path", None), elapsed_s=elapsed_s,
+        warnings=getattr(outcome, "warnings", ()),
     )

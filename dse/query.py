@@ -6,8 +6,16 @@ of a study's rows.
 declared columns, with their declared types, however many files there are (none included):
 
 - `trials`: one row per trial file; `study` is the name of the study folder the file is in.
-- `pareto`: the rows of `trials` on their study's Pareto front (rank 0 over params, fid and
-  latency_s, all minimised, complete rows with all three present), plus `pareto_rank`.
+- `points`: one row per point of a study (a candidate x training over its training seeds,
+  `dse.stats.group_points`): study, candidate_id, n, seeds and trial_ids (comma-separated text), the
+  architecture and training, params, fid with fid_sd, fid_low, fid_high (the 95% interval of the mean),
+  latency_s with latency_s_low/high, label_agreement, still_improving (the fraction of its rows),
+  and its place in the noise-aware front (`dse.pareto.noise_aware_front`): pareto_rank (plain rank
+  on the means), front_status (front, tied or dominated) and tied_with (comma-separated candidate ids).
+- `pareto`: the rows of `trials` whose point is on its study's noise-aware front: front (plain rank
+  0 over params, fid and latency_s, all minimised, complete rows with all three present) or tied
+  (not clearly dominated at 95%: the data cannot separate it from the front), plus pareto_rank,
+  front_status, tied_with, and the point's n, fid_low and fid_high.
 
 Reads only: the SQL must be one SELECT (or EXPLAIN), and the connection may open the results files
 and no other file (DuckDB's allowed_paths, with external access off and the configuration locked),
@@ -17,8 +25,10 @@ accidents; DuckDB's docs say SQL from untrusted sources needs an OS-level sandbo
     -- the best FID under 2 ms per image
     SELECT trial_id, fid, latency_per_image_ms FROM trials
     WHERE status = 'complete' AND latency_per_image_ms < 2 ORDER BY fid LIMIT 1
-    -- all Pareto points of every study
-    SELECT study, trial_id, params, fid, latency_s FROM pareto ORDER BY study, params
+    -- all Pareto rows of every study, and whether the data can separate them
+    SELECT study, trial_id, params, fid, fid_low, fid_high, latency_s, front_status FROM pareto ORDER BY study, params
+    -- each point's mean FID over its seeds, with its interval
+    SELECT candidate_id, n, fid, fid_low, fid_high, front_status FROM points ORDER BY fid
     -- how many trials finished and failed, per study
     SELECT study, status, count(*) AS n FROM trials GROUP BY study, status ORDER BY study, status
 
@@ -148,24 +158,69 @@ def _create_views(con, studies: dict[str, list[Path]]) -> None:
     con.execute(f"CREATE VIEW trials AS SELECT {_schema_columns(False)} FROM _rows")
 
 
-def _create_pareto(con) -> None:
-    """The view `pareto`: the rows of `trials` of Pareto rank 0 within their study, plus `pareto_rank`
-    (ranked here in pandas by dse.pareto, kept as a small table of row keys)."""
+# the columns `points` and `pareto` add, with their DuckDB types
+_POINT_COLUMNS = (
+    ("study", "VARCHAR"), ("candidate_id", "VARCHAR"), ("n", "BIGINT"), ("seeds", "VARCHAR"), ("trial_ids", "VARCHAR"),
+    ("depth", "BIGINT"), ("width", "BIGINT"), ("heads", "BIGINT"), ("setup", "VARCHAR"), ("loss", "VARCHAR"),
+    ("variant", "VARCHAR"), ("steps", "BIGINT"), ("guidance", "DOUBLE"), ("params", "BIGINT"), ("fid", "DOUBLE"),
+    ("fid_sd", "DOUBLE"), ("fid_low", "DOUBLE"), ("fid_high", "DOUBLE"), ("latency_s", "DOUBLE"),
+    ("latency_s_low", "DOUBLE"), ("latency_s_high", "DOUBLE"), ("label_agreement", "DOUBLE"),
+    ("still_improving", "DOUBLE"), ("pareto_rank", "BIGINT"), ("front_status", "VARCHAR"), ("tied_with", "VARCHAR"),
+)
+_PARETO_EXTRA = ("pareto_rank", "front_status", "tied_with", "n", "fid_low", "fid_high")
+# what grouping rows into points reads of them
+_POINT_INPUTS = ("trial_id", "status", "candidate_id", "seed", "depth", "width", "heads", "mlp_ratio", "patch_size",
+                 "setup", "loss", "variant", "steps", "guidance", "params", "proposed", "dataset", "fid", "fid_std",
+                 "latency_s", "label_agreement", "still_improving", "final_loss")
+
+
+def _text_list(values) -> str | None:
+    """A list cell as comma-separated text (None when empty)."""
+    items = [str(v) for v in (values if values is not None else []) if v is not None]
+    return ", ".join(items) if items else None
+
+
+def _create_points(con) -> None:
+    """The views `points` (one row per point of each study, on the noise-aware front or not) and
+    `pareto` (the rows of `trials` whose point is front or tied), computed here in pandas by
+    dse.stats and dse.pareto and kept as two small tables (points; row keys)."""
     import pandas as pd
 
-    from dse.pareto import DEFAULT_OBJECTIVES, pareto_ranks
+    from dse.pareto import DEFAULT_OBJECTIVES, FRONT, TIED, noise_aware_front
+    from dse.stats import group_points
 
-    df = con.execute(f"SELECT {', '.join(_KEY)}, study, status, {', '.join(DEFAULT_OBJECTIVES)} FROM _rows").df()
-    ranks = [pareto_ranks(group) for _, group in df.groupby("study", sort=False)]
-    df["pareto_rank"] = pd.concat(ranks) if ranks else pd.Series([], dtype="Int64")
-    front = df.loc[df["pareto_rank"].eq(0).fillna(False).astype(bool), [*_KEY, "pareto_rank"]]
-    con.execute("CREATE TABLE _front (_file VARCHAR, _file_row BIGINT, pareto_rank BIGINT)")
-    if len(front):
-        con.register("_front_df", front)
-        con.execute("INSERT INTO _front SELECT _file, _file_row, pareto_rank FROM _front_df")
-        con.unregister("_front_df")
+    inputs = ", ".join(f'"{c}"' for c in _POINT_INPUTS)
+    df = con.execute(f"SELECT {', '.join(_KEY)}, study, {inputs} FROM _rows").df()
+    points, front_rows = [], []
+    for study, rows in df.groupby("study", sort=True):
+        pts = noise_aware_front(group_points(rows, DEFAULT_OBJECTIVES), DEFAULT_OBJECTIVES)
+        pts.insert(0, "study", study)
+        points.append(pts)
+        keys = {tid: key for tid, *key in rows[["trial_id", *_KEY]].itertuples(index=False, name=None)}
+        for p in pts[pts["front_status"].isin([FRONT, TIED])].to_dict("records"):
+            for tid in p["trial_ids"]:
+                front_rows.append((*keys[tid], p["pareto_rank"], p["front_status"], _text_list(p["tied_with"]),
+                                   p["n"], p["fid_low"], p["fid_high"]))
+    names = [c for c, _ in _POINT_COLUMNS]
+    con.execute(f"CREATE TABLE _points ({', '.join(f'{c} {t}' for c, t in _POINT_COLUMNS)})")
+    if points:
+        table = pd.concat(points, ignore_index=True)
+        for col in ("seeds", "trial_ids", "tied_with"):
+            table[col] = table[col].map(_text_list)
+        table = table[names].astype(object).where(table[names].notna(), None)
+        con.register("_points_df", table)
+        con.execute(f"INSERT INTO _points SELECT {', '.join(f'CAST({c} AS {t})' for c, t in _POINT_COLUMNS)} "
+                    "FROM _points_df")
+        con.unregister("_points_df")
+    con.execute("CREATE TABLE _front (_file VARCHAR, _file_row BIGINT, pareto_rank BIGINT, front_status VARCHAR, "
+                "tied_with VARCHAR, n BIGINT, fid_low DOUBLE, fid_high DOUBLE)")
+    if front_rows:
+        con.executemany("INSERT INTO _front VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [[None if is_null(v) else (v.item() if hasattr(v, "item") else v) for v in r]
+                         for r in front_rows])
+    con.execute(f"CREATE VIEW points AS SELECT {', '.join(names)} FROM _points")
     con.execute(
-        f"CREATE VIEW pareto AS SELECT {_schema_columns(False)}, pareto_rank "
+        f"CREATE VIEW pareto AS SELECT {_schema_columns(False)}, {', '.join(_PARETO_EXTRA)} "
         f"FROM _rows JOIN _front USING ({', '.join(_KEY)})"
     )
 
@@ -187,18 +242,20 @@ def _check_statements(sql: str) -> None:
 def _hint(exc: Exception) -> str:
     kind = type(exc).__name__
     if kind == "BinderException" and "not found" in str(exc):
-        return f"the view is `trials`; columns: {', '.join(COLUMN_NAMES)}; `pareto` adds pareto_rank"
+        return (f"the view is `trials`; columns: {', '.join(COLUMN_NAMES)}; `pareto` adds "
+                f"{', '.join(_PARETO_EXTRA)}; `points` has {', '.join(c for c, _ in _POINT_COLUMNS)}")
     if kind == "CatalogException":
-        return "the views are `trials` (one row per trial) and `pareto` (each study's Pareto front)"
+        return ("the views are `trials` (one row per trial), `points` (one row per candidate, over its seeds) "
+                "and `pareto` (the rows on each study's noise-aware front)")
     if kind == "PermissionException":
         return "a query reads the results files only"
-    return "the views are `trials` and `pareto`; see `dse query --help` for examples"
+    return "the views are `trials`, `points` and `pareto`; see `dse query --help` for examples"
 
 
 def query(sql: str, results_dir: str | Path = "results", study: str | None = None) -> pd.DataFrame:
     """Run `sql`, one SELECT in DuckDB's dialect, over the trial rows of every study in `results_dir`,
-    or only of `study`, and return its answer. The SQL sees the views `trials` and `pareto` (see the
-    module docstring). A missing results directory, an unknown study, a damaged file or a mistake in
+    or only of `study`, and return its answer. The SQL sees the views `trials`, `points` and `pareto`
+    (see the module docstring). A missing results directory, an unknown study, a damaged file or a mistake in
     the SQL is a DseError.
     """
     import duckdb
@@ -217,8 +274,8 @@ def query(sql: str, results_dir: str | Path = "results", study: str | None = Non
         con.execute("SET lock_configuration = true")
         try:
             _create_views(con, studies)
-            if re.search(r"pareto", sql, re.IGNORECASE):  # the ranking is O(n^2) per study: only when asked
-                _create_pareto(con)
+            if re.search(r"pareto|points", sql, re.IGNORECASE):  # O(n^2) per study: only when asked
+                _create_points(con)
         except duckdb.Error as exc:
             raise _file_error(exc, files, results_dir) from None
         try:

@@ -1,15 +1,20 @@
 """Owns the study report: what the results say (`ReportData`, computed and tested without HTML) and
 its rendering as one self-contained HTML page that works offline (plotly.js inlined).
 
-`compute_report_data` turns the results table (one row per trial) into a `ReportData`;
-`render_html` draws it: a 3-D scatter of the three objectives, its three 2-D projections and a
-table of every trial; `write_report` does both and writes the page atomically. Imports neither
-torch nor ray; pandas and plotly only inside functions, so `import dse.report` is cheap.
+`compute_report_data` groups the results table (one row per trial) into points (`dse.stats.group_points`:
+one per candidate x training, over its training seeds), places them on the noise-aware Pareto front
+(`dse.pareto.noise_aware_front`) and checks the paper's principles on them (`dse.findings`);
+`render_html` draws it: a 3-D scatter of the three objectives and its three 2-D projections with the
+confidence intervals as error bars and the points tied with the front drawn apart, a table of the
+points, the findings, the training curves, the sample grids at a size where 8x8 digits can be seen,
+and the trials that did not complete; `write_report` does both and writes the page atomically.
+Imports neither torch nor ray; pandas and plotly only inside functions, so `import dse.report` is cheap.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -17,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dse.convergence import parse_curve, study_warnings
 from dse.errors import DseError
-from dse.events import COMPLETE, FAILED
+from dse.events import COMPLETE, FAILED, STOPPED
 from dse.fileio import atomic_write
-from dse.pareto import DEFAULT_OBJECTIVES, pareto_ranks
+from dse.findings import CANNOT_TELL, DOES_NOT_HOLD, HOLDS, Finding, findings, with_unknown_spreads
+from dse.pareto import DEFAULT_OBJECTIVES, DOMINATED, FRONT, TIED, noise_aware_front
+from dse.stats import CONFIDENCE, Estimate, estimate_of, group_points
 from dse.store import is_null
 
 if TYPE_CHECKING:
@@ -30,11 +38,16 @@ if TYPE_CHECKING:
 REQUIRED_COLUMNS = ("trial_id", "status", "depth", "width", "heads", "params")
 
 _QUALITY_NAMES = {"fid": "FID"}
+MIN_CELL_PX = 32  # a sample is shown at least this many screen pixels wide: 8x8 digits at 4x or more
+DEFAULT_NUM_CLASSES = 10  # rows of a sample grid when the rows do not say
 
 # Colours and marker symbols shared by every plot.
 _OTHER = {"color": "#8a94a6", "symbol": "circle", "size": 8}
 _FRONT = {"color": "#e8590c", "symbol": "diamond", "size": 12}
+_TIED = {"color": "#e8590c", "symbol": "diamond-open-dot", "size": 12, "line": {"width": 2}}  # half-filled
 _RULE = {"color": "#1864ab", "symbol": "circle-open", "size": 24, "line": {"width": 2.5}}  # a ring around the point
+_SYMBOLS_3D = {"diamond-open-dot": "diamond-open"}  # 3-D scatter plots know fewer symbols
+TIED_LEGEND = "tied with the front (within noise)"
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class ProposedArch:
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One trial as the report shows it; `values` maps each objective's name to its value (None: missing)."""
+    """One stored row (a trial) as the report lists it: its status and error, its training curve."""
 
     trial_id: str
     depth: int
@@ -70,14 +83,12 @@ class TrialRecord:
     heads: int
     setup: str
     loss: str
+    variant: str
+    seed: int | None
     params: int | None
-    values: Mapping[str, float | None]
     status: str
     error: str | None
-    rank: int | None
-    on_front: bool
-    is_proposed: bool
-    samples_png: str | None = None  # the trial's PNG sample grid (one row per class), if it has one
+    curve: tuple[tuple[float, float], ...] = ()  # (step, loss) pairs, from the row's loss_curve
 
     @property
     def name(self) -> str:
@@ -85,28 +96,105 @@ class TrialRecord:
 
 
 @dataclass(frozen=True)
+class PointRecord:
+    """One point: a candidate x training over its training seeds (n rows), each objective an Estimate
+    (mean and CONFIDENCE interval), its place on the noise-aware front and its plain Pareto rank."""
+
+    candidate_id: str
+    depth: int
+    width: int
+    heads: int
+    setup: str
+    loss: str
+    variant: str
+    steps: int | None
+    guidance: float | None
+    n: int
+    seeds: tuple[int, ...]
+    trial_ids: tuple[str, ...]
+    params: int | None
+    estimates: Mapping[str, Estimate]
+    rank: int | None  # the plain Pareto rank on the means (0: the plain front); None: an objective is missing
+    front_status: str | None  # FRONT, TIED or DOMINATED (dse.pareto); None when not ranked
+    dominated_by: tuple[str, ...]
+    tied_with: tuple[str, ...]
+    is_proposed: bool
+    label_agreement: float | None
+    still_improving: float | None  # the fraction of its rows whose loss was still falling at the end
+    samples_png: str | None = None  # the sample grid of its first row (one row per class), if it has one
+    num_classes: int = DEFAULT_NUM_CLASSES
+
+    @property
+    def name(self) -> str:
+        return arch_name(self.depth, self.width, self.heads)
+
+    @property
+    def values(self) -> dict[str, float | None]:
+        """Each objective's mean (None: missing)."""
+        return {k: (None if not math.isfinite(e.mean) else e.mean) for k, e in self.estimates.items()}
+
+    @property
+    def on_front(self) -> bool:
+        return self.front_status == FRONT
+
+    @property
+    def tied(self) -> bool:
+        return self.front_status == TIED
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One trial's training curve: loss per reporting step."""
+
+    trial_id: str
+    label: str
+    steps: tuple[float, ...]
+    losses: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class ReportData:
-    """Everything the HTML page shows; trials and front ids are sorted by params."""
+    """Everything the HTML page shows; points and front ids are sorted by params."""
 
     title: str
     objectives: tuple[Objective, ...]
+    points: tuple[PointRecord, ...]
     trials: tuple[TrialRecord, ...]
     front_ids: tuple[str, ...]
+    tied_ids: tuple[str, ...]
     proposed: ProposedArch | None
-    proposed_ids: tuple[str, ...]
+    proposed_ids: tuple[str, ...]  # the candidate_ids of the points with the proposed architecture
     n_complete: int
     n_failed: int
+    n_stopped: int
     provenance: tuple[str, ...]
+    findings: tuple[Finding, ...] = ()
+    warnings: tuple[str, ...] = ()  # about convergence (dse.convergence.study_warnings)
+    confidence: float = CONFIDENCE
 
     @property
     def proposed_matched(self) -> bool:
-        """True when some trial has the proposed architecture."""
+        """True when some point has the proposed architecture."""
         return bool(self.proposed_ids)
 
     @property
-    def plotted(self) -> tuple[TrialRecord, ...]:
-        """The trials that have a point in the plots: ranked (complete, every objective present)."""
-        return tuple(t for t in self.trials if t.rank is not None)
+    def plotted(self) -> tuple[PointRecord, ...]:
+        """The points that have a place in the plots: ranked (every objective present)."""
+        return tuple(p for p in self.points if p.rank is not None)
+
+    @property
+    def unfinished(self) -> tuple[TrialRecord, ...]:
+        """The trials that did not complete (failed or stopped), with their errors."""
+        return tuple(t for t in self.trials if t.status != COMPLETE)
+
+    @property
+    def curves(self) -> tuple[Curve, ...]:
+        """The training curves of the trials that stored one."""
+        return tuple(
+            Curve(t.trial_id, f"{t.name} {t.setup}·{t.loss}" + (f" s{t.seed}" if t.seed is not None else ""),
+                  tuple(s for s, _ in t.curve), tuple(v for _, v in t.curve))
+            for t in self.trials if t.curve
+        )
 
 
 def arch_name(depth: int, width: int, heads: int) -> str:
@@ -135,25 +223,28 @@ def compute_report_data(
     arch = _proposed_arch(proposed)
     if len(df):
         _check_columns(df, objectives)
-        ranks = pareto_ranks(df, objectives).tolist()
+        df = with_unknown_spreads(df, objectives)  # an old store's FID without fid_std has no interval
         rows = df.to_dict("records")
     else:
-        ranks, rows = [], []
-    trials = sorted(
-        (_record(row, rank, objectives, arch) for row, rank in zip(rows, ranks)),
-        key=lambda t: (t.params is None, t.params or 0, t.trial_id),
-    )
+        rows = []
+    trials = sorted((_trial(row) for row in rows), key=lambda t: (t.params is None, t.params or 0, t.trial_id))
+    points = _points(df, objectives, arch) if rows else []
     complete = df[df["status"] == COMPLETE] if len(df) else df
     return ReportData(
         title=title,
         objectives=tuple(_objective(name, complete) for name in objectives),
+        points=tuple(points),
         trials=tuple(trials),
-        front_ids=tuple(t.trial_id for t in trials if t.on_front),
+        front_ids=tuple(p.candidate_id for p in points if p.on_front),
+        tied_ids=tuple(p.candidate_id for p in points if p.tied),
         proposed=arch,
-        proposed_ids=tuple(t.trial_id for t in trials if t.is_proposed),
+        proposed_ids=tuple(p.candidate_id for p in points if p.is_proposed),
         n_complete=sum(t.status == COMPLETE for t in trials),
         n_failed=sum(t.status == FAILED for t in trials),
+        n_stopped=sum(t.status == STOPPED for t in trials),
         provenance=_provenance(complete, quality=objectives[1]),
+        findings=tuple(findings(df)) if rows and set(objectives) == set(DEFAULT_OBJECTIVES) else (),
+        warnings=tuple(study_warnings(df)) if rows else (),
     )
 
 
@@ -175,29 +266,78 @@ def _check_columns(df: pd.DataFrame, objectives: Sequence[str]) -> None:
         )
 
 
-def _record(row: dict[str, Any], rank: Any, objectives: Sequence[str], arch: ProposedArch | None) -> TrialRecord:
-    rank = None if is_null(rank) else int(rank)
-    depth, width, heads = (int(row[k]) for k in ("depth", "width", "heads"))
+def _trial(row: dict[str, Any]) -> TrialRecord:
     return TrialRecord(
         trial_id=str(row["trial_id"]),
-        depth=depth,
-        width=width,
-        heads=heads,
+        depth=int(row["depth"]),
+        width=int(row["width"]),
+        heads=int(row["heads"]),
         setup=_text(row.get("setup")) or "",
         loss=_text(row.get("loss")) or "",
-        params=None if is_null(row["params"]) else int(row["params"]),
-        values={name: _number(row[name]) for name in objectives},
+        variant=_text(row.get("variant")) or "",
+        seed=_integer(row.get("seed")),
+        params=_integer(row["params"]),
         status=str(row["status"]),
         error=_text(row.get("error")),
-        rank=rank,
-        on_front=rank == 0,
-        is_proposed=arch is not None and (depth, width, heads) == (arch.depth, arch.width, arch.heads),
-        samples_png=_text(row.get("samples_png")),
+        curve=tuple((float(step), loss) for step, loss in parse_curve(row.get("loss_curve")) if math.isfinite(loss)),
     )
 
 
+def _points(df: pd.DataFrame, objectives: Sequence[str], arch: ProposedArch | None) -> list[PointRecord]:
+    grouped = group_points(df, objectives)
+    if not len(grouped):
+        return []
+    ranked = noise_aware_front(grouped, objectives)
+    classes = _num_classes(df)
+    out = []
+    for p in ranked.to_dict("records"):
+        depth, width, heads = (int(p[k]) for k in ("depth", "width", "heads"))
+        out.append(PointRecord(
+            candidate_id=str(p["candidate_id"]),
+            depth=depth,
+            width=width,
+            heads=heads,
+            setup=_text(p.get("setup")) or "",
+            loss=_text(p.get("loss")) or "",
+            variant=_text(p.get("variant")) or "",
+            steps=_integer(p.get("steps")),
+            guidance=_number(p.get("guidance")),
+            n=int(p["n"]),
+            seeds=tuple(int(s) for s in p.get("seeds") or () if not is_null(s)),
+            trial_ids=tuple(str(t) for t in p.get("trial_ids") or ()),
+            params=_integer(p.get("params")),
+            estimates={o: estimate_of(p, o) for o in objectives},
+            rank=_integer(p.get("pareto_rank")),
+            front_status=_text(p.get("front_status")),
+            dominated_by=tuple(map(str, p.get("dominated_by") or ())),
+            tied_with=tuple(map(str, p.get("tied_with") or ())),
+            is_proposed=arch is not None and (depth, width, heads) == (arch.depth, arch.width, arch.heads),
+            label_agreement=_number(p.get("label_agreement")),
+            still_improving=_number(p.get("still_improving")),
+            samples_png=_text(p.get("samples_png")),
+            num_classes=classes,
+        ))
+    return sorted(out, key=lambda p: (p.params is None, p.params or 0, p.candidate_id))
+
+
+def _num_classes(df: pd.DataFrame) -> int:
+    if "num_classes" in df.columns:
+        known = [int(v) for v in df["num_classes"] if not is_null(v) and int(v) > 0]
+        if known:
+            return max(known)
+    return DEFAULT_NUM_CLASSES
+
+
 def _number(value: Any) -> float | None:
-    return None if is_null(value) else float(value)
+    if is_null(value):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def _integer(value: Any) -> int | None:
+    v = _number(value)
+    return None if v is None else int(v)
 
 
 def _text(value: Any) -> str | None:
@@ -233,6 +373,8 @@ def _provenance(complete: pd.DataFrame, quality: str) -> tuple[str, ...]:
     """How the complete trials were measured, one line per distinct setting."""
     quality_columns = [f"{quality}_extractor", f"{quality}_reference", f"{quality}_num_samples"]
     lines = [f"{quality}: {ext} vs {ref}, {n} samples" for ext, ref, n in _distinct(complete, quality_columns)]
+    lines += [f"{quality} interval of one trial: bootstrap of its generated samples, {b} resamplings"
+              for (b,) in _distinct(complete, [f"{quality}_bootstrap"]) if b not in ("0", "")]
     latency_columns = ["latency_device", "latency_batch", "latency_num_images"]
     lines += [f"latency: {dev}, batch {b}, {n} images" for dev, b, n in _distinct(complete, latency_columns)]
     return tuple(lines)
@@ -243,9 +385,12 @@ def _provenance(complete: pd.DataFrame, quality: str) -> tuple[str, ...]:
 
 
 def render_html(data: ReportData) -> str:
-    """One self-contained HTML page for `data`: plots (plotly.js inlined once) and the trials table."""
+    """One self-contained HTML page for `data`: plots (plotly.js inlined once), the points table, the
+    findings, the training curves, the sample grids and the trials that did not complete."""
     e = html.escape
     formats = _formats(data)
+    plots = _plots_html(data, formats)
+    curves = _curves_html(data, include_js="plotly-graph-div" not in plots)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -258,33 +403,64 @@ def render_html(data: ReportData) -> str:
 <header>
 <h1>{e(data.title)}</h1>
 <p class="summary">{_summary(data)}</p>
+<p class="confidence">{_confidence_html(data)}</p>
 {_design_rule_html(data)}
+{_convergence_html(data)}
 {_provenance_html(data)}
 </header>
 <main>
 <section>
-{_plots_html(data, formats)}
+{plots}
 </section>
 <section>
-<h2>Trials</h2>
+<h2>Points</h2>
 {_table_html(data, formats)}
 </section>
+<section>
+<h2>Findings: the paper's principles on this study</h2>
+{_findings_html(data)}
+</section>
+<section>
+<h2>Training curves</h2>
+{curves}
+</section>
+<section>
+<h2>Samples</h2>
+{_gallery_html(data)}
+</section>
+{_unfinished_html(data)}
 </main>
 </body>
 </html>
 """
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _summary(data: ReportData) -> str:
     names = ", ".join(html.escape(o.short) for o in data.objectives)
+    stopped = f", {data.n_stopped} stopped" if data.n_stopped else ""
     return (
-        f"{_plural(len(data.trials), 'trial')}: {data.n_complete} complete, {data.n_failed} failed · "
-        f"{len(data.front_ids)} on the Pareto front of {names} (all minimised)"
+        f"{_plural(len(data.trials), 'trial')}: {data.n_complete} complete, {data.n_failed} failed{stopped} · "
+        f"{_plural(len(data.points), 'point')} (a candidate over its training seeds) · "
+        f"{len(data.front_ids)} on the Pareto front of {names} (all minimised), "
+        f"{len(data.tied_ids)} tied with it"
     )
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def _confidence_html(data: ReportData) -> str:
+    c = f"{data.confidence:.0%}"
+    return (
+        f"Every interval is the {c} confidence interval of a point's mean: over its training seeds when it has "
+        f"two or more, else from the trial's own FID bootstrap; \"no interval\" where neither is known. "
+        f"A point is <b>dominated</b> only when the evidence says so: another point is better on the means and at "
+        f"least as good in every objective at {c} confidence (no larger in an exact one such as params, clearly "
+        f"better in a noisy one such as FID). A point that is not on the front of the means but that no point "
+        f"dominates in this sense is <b>tied with the front</b> (within noise): the data cannot separate it "
+        f"from the front. The plain Pareto rank of the means is shown beside it."
+    )
 
 
 def _design_rule_html(data: ReportData) -> str:
@@ -293,10 +469,15 @@ def _design_rule_html(data: ReportData) -> str:
         return ""
     head = f"<b>Design rule</b> (paper Sec. 3.2): {html.escape(arch.name)}, {arch.params:,} params"
     if data.proposed_matched:
-        ids = ", ".join(html.escape(i) for i in data.proposed_ids)
-        ringed = " (ringed in the plots)" if any(t.is_proposed for t in data.plotted) else ""
+        points = [p for p in data.points if p.is_proposed]
+        ids = ", ".join(html.escape(", ".join(p.trial_ids)) for p in points)
+        ringed = " (ringed in the plots)" if any(p.is_proposed for p in data.plotted) else ""
         return f'<p class="rule">{head}; trained as {ids}{ringed}.</p>'
     return f'<p class="rule">{head}; not among the trials.</p>'
+
+
+def _convergence_html(data: ReportData) -> str:
+    return "".join(f'<p class="warning">{html.escape(line)}</p>' for line in data.warnings)
 
 
 def _provenance_html(data: ReportData) -> str:
@@ -326,7 +507,7 @@ def _formats(data: ReportData) -> dict[str, str]:
     formats = {"params": ",.0f"}
     for o in data.objectives:
         if o.name != "params":
-            sizes = [abs(t.values[o.name]) for t in data.plotted if t.values[o.name]]
+            sizes = [abs(v) for p in data.points if (v := p.values[o.name])]
             decimals = 2 - math.floor(math.log10(min(sizes))) if sizes else 2
             formats[o.name] = f".{min(max(decimals, 0), 6)}f"
     return formats
@@ -336,59 +517,124 @@ def _format(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _hover(t: TrialRecord, objectives: Sequence[Objective], formats: Mapping[str, str]) -> str:
+def format_interval(est: Estimate, spec: str) -> str:
+    """'35.0 [31.8, 38.2]', '35.0 (no interval)' when the spread is unknown, '–' when there is no value."""
+    if not math.isfinite(est.mean):
+        return "–"
+    if not est.known:
+        return f"{format(est.mean, spec)} (no interval)"
+    mean, low, high = (format(v, spec) for v in (est.mean, est.low, est.high))
+    return mean if low == high else f"{mean} [{low}, {high}]"  # an exact value (params, one latency): no interval
+
+
+def status_text(p: PointRecord, names: Mapping[str, str] | None = None) -> str:
+    """'front', 'tied with X, Y', 'dominated by Y' (point names), or '–' when the point is not ranked."""
+    names = names or {}
+    if p.front_status == FRONT:
+        return "front"
+    if p.front_status == TIED:
+        return "tied with " + (", ".join(names.get(c, c) for c in p.tied_with) or "the front")
+    if p.front_status == DOMINATED:
+        return "dominated by " + ", ".join(names.get(c, c) for c in p.dominated_by)
+    return "–"
+
+
+def _point_names(data: ReportData) -> dict[str, str]:
+    """A readable name per candidate: the architecture, with setup·loss (and variant) when the study has
+    several trainings."""
+    trainings = {(p.setup, p.loss, p.variant) for p in data.points}
+    out = {}
+    for p in data.points:
+        out[p.candidate_id] = p.name if len(trainings) == 1 else f"{p.name} {_training(p)}"
+    return out
+
+
+def _training(p: PointRecord) -> str:
+    words = f"{p.setup}·{p.loss}"
+    return words if not p.variant or p.variant == f"{p.setup}-{p.loss}" else f"{words} ({p.variant})"
+
+
+def _hover(
+    p: PointRecord, objectives: Sequence[Objective], formats: Mapping[str, str], names: Mapping[str, str]
+) -> str:
     e = html.escape
-    lines = [f"<b>{e(t.name)}</b>  {e(t.setup)} · {e(t.loss)}", e(t.trial_id)]
-    lines += [f"{e(o.short)}: {_format(t.values[o.name], formats[o.name])}" for o in objectives]
-    lines.append("Pareto front" if t.on_front else f"Pareto rank {t.rank}")
-    if t.is_proposed:
+    lines = [f"<b>{e(p.name)}</b>  {e(_training(p))}", e(f"n={p.n}, seeds {', '.join(map(str, p.seeds)) or '–'}")]
+    lines += [f"{e(o.short)}: {e(format_interval(p.estimates[o.name], formats[o.name]))}" for o in objectives]
+    lines.append(e(status_text(p, names)) + ("" if p.rank is None else f" · plain rank {p.rank}"))
+    if p.is_proposed:
         lines.append("design rule")
     return "<br>".join(lines)
 
 
 def _figure(data: ReportData, axes: tuple[int, ...], formats: Mapping[str, str]) -> go.Figure:
-    """One plot of the trials on the objectives `axes` (three: 3-D): others, front, design rule."""
+    """One plot of the points on the objectives `axes` (three: 3-D): others, tied, front, design rule."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    others = [t for t in data.plotted if not t.on_front]
-    front = [t for t in data.plotted if t.on_front]
-    rule = [t for t in data.plotted if t.is_proposed]
-    groups = [("other trials", others, _OTHER), ("Pareto front", front, _FRONT), ("design rule", rule, _RULE)]
-    for name, trials, marker in groups:
-        if trials:
-            fig.add_trace(_trace(data, axes, trials, formats, name=name, marker=marker))
-    if data.proposed is not None and not rule and len(axes) == 2:
+    names = _point_names(data)
+    groups = [
+        ("other points", [p for p in data.plotted if not (p.on_front or p.tied)], _OTHER),
+        (TIED_LEGEND, [p for p in data.plotted if p.tied], _TIED),
+        ("Pareto front", [p for p in data.plotted if p.on_front], _FRONT),
+        ("design rule", [p for p in data.plotted if p.is_proposed], _RULE),
+    ]
+    for name, points, marker in groups:
+        if points:
+            fig.add_trace(_trace(data, axes, points, formats, names, name=name, marker=marker))
+    if data.proposed is not None and not groups[-1][1] and len(axes) == 2:
         _add_untrained_rule(fig, data, axes)
     fig.update_layout(_layout(data, axes))
     return fig
 
 
+def _error_bars(points: Sequence[PointRecord], objective: str) -> dict[str, Any] | None:
+    """Plotly error bars of the objective's intervals (asymmetric arrays; 0 where none is known), or
+    None when no point has one (params: exact)."""
+    plus, minus = [], []
+    for p in points:
+        est = p.estimates[objective]
+        known = est.known and math.isfinite(est.low) and math.isfinite(est.high)
+        plus.append(max(est.high - est.mean, 0.0) if known else 0.0)
+        minus.append(max(est.mean - est.low, 0.0) if known else 0.0)
+    if not any(plus) and not any(minus):
+        return None
+    return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus, "visible": True,
+            "thickness": 1.2, "width": 3}
+
+
 def _trace(
     data: ReportData,
     axes: tuple[int, ...],
-    trials: Sequence[TrialRecord],
+    points: Sequence[PointRecord],
     formats: Mapping[str, str],
+    names: Mapping[str, str],
     *,
     name: str,
     marker: dict[str, Any],
 ) -> go.Scatter | go.Scatter3d:
-    """A scatter trace of `trials`; the design-rule trace labels its first point "design rule"."""
+    """A scatter trace of `points` with error bars; the design-rule trace labels its first point "design rule"."""
     import plotly.graph_objects as go
 
-    coords = {k: [t.values[data.objectives[a].name] for t in trials] for k, a in zip("xyz", axes)}
+    coords: dict[str, Any] = {}
+    for k, a in zip("xyz", axes):
+        objective = data.objectives[a].name
+        coords[k] = [p.values[objective] for p in points]
+        bars = _error_bars(points, objective) if marker is not _RULE else None  # the ring sits on the point
+        if bars:
+            coords[f"error_{k}"] = bars | {"color": marker["color"]}
     labelled = marker is _RULE
     kwargs = dict(
         name=name,
         mode="markers+text" if labelled else "markers",
         hoverinfo="text",
-        hovertext=[_hover(t, data.objectives, formats) for t in trials],
-        text=["design rule"] + [""] * (len(trials) - 1) if labelled else None,
+        hovertext=[_hover(p, data.objectives, formats, names) for p in points],
+        text=["design rule"] + [""] * (len(points) - 1) if labelled else None,
         textposition="top center",
         textfont={"color": _RULE["color"], "size": 12},
     )
-    if len(axes) == 3:  # 3-D markers look bigger at the same size
-        return go.Scatter3d(**coords, marker={**marker, "size": marker["size"] * 0.6}, **kwargs)
+    if len(axes) == 3:  # 3-D markers look bigger at the same size, and know fewer symbols
+        symbol = _SYMBOLS_3D.get(marker["symbol"], marker["symbol"])
+        return go.Scatter3d(**coords, marker={**marker, "symbol": symbol, "size": marker["size"] * 0.6}, **kwargs)
     return go.Scatter(**coords, marker=marker, **kwargs)
 
 
@@ -440,54 +686,180 @@ def _figure_html(fig: go.Figure, *, include_js: bool) -> str:
 
 
 def _table_html(data: ReportData, formats: Mapping[str, str]) -> str:
-    """Every trial, sorted by params: front rows highlighted, failed ones with their error."""
-    if not data.trials:
+    """Every point, sorted by params: front rows highlighted, tied ones marked."""
+    if not data.points:
+        if data.trials:
+            return '<p class="empty">No trial completed: no points yet (see the trials below).</p>'
         return '<p class="empty">No trials yet.</p>'
     others = [o for o in data.objectives if o.name != "params"]
-    columns = [("trial", ""), ("architecture", ""), ("setup", ""), ("loss", ""), ("params", "num")]
-    columns += [(o.label, "num") for o in others] + [("rank", "num"), ("status", ""), ("samples", ""), ("error", "")]
+    columns = [("point", ""), ("architecture", ""), ("setup", ""), ("loss", ""), ("variant", ""), ("steps", "num"),
+               ("guidance", "num"), ("n", "num"), ("seeds", ""), ("params", "num")]
+    columns += [(f"{o.label}, mean [{data.confidence:.0%} interval]", "num") for o in others]
+    columns += [("label agreement", "num"), ("still improving", ""), ("front (noise-aware)", ""),
+                ("plain rank", "num"), ("samples", "")]
     head = "".join(f'<th class="{cls}">{html.escape(name)}</th>' for name, cls in columns)
-    rows = "\n".join(_table_row(t, others, formats) for t in data.trials)
+    names = _point_names(data)
+    rows = "\n".join(_table_row(p, others, formats, names) for p in data.points)
     return (
         '<p class="legend"><span class="swatch front"></span>Pareto front'
+        f'<span class="swatch tied"></span>{html.escape(TIED_LEGEND)}'
         '<span class="badge">design rule</span> the design rule\'s architecture · sorted by params</p>\n'
         f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>"
     )
 
 
-def _table_row(t: TrialRecord, others: Sequence[Objective], formats: Mapping[str, str]) -> str:
+def _improving_text(p: PointRecord) -> str:
+    if p.still_improving is None:
+        return "–"
+    if p.n <= 1:
+        return "yes" if p.still_improving > 0.5 else "no"
+    return f"{round(p.still_improving * p.n)} of {p.n} seeds"
+
+
+def _table_row(
+    p: PointRecord, others: Sequence[Objective], formats: Mapping[str, str], names: Mapping[str, str]
+) -> str:
     """One table row; `others` are the objectives besides params, which has its own column."""
     e = html.escape
-    classes = " ".join(c for c, on in [("front", t.on_front), ("failed", t.status == FAILED)] if on)
-    arch = e(t.name) + (' <span class="badge">design rule</span>' if t.is_proposed else "")
-    values = "".join(f'<td class="num">{_format(t.values[o.name], formats[o.name])}</td>' for o in others)
-    rank = "front" if t.on_front else ("–" if t.rank is None else str(t.rank))
+    classes = " ".join(c for c, on in [("front", p.on_front), ("tied", p.tied)] if on)
+    arch = e(p.name) + (' <span class="badge">design rule</span>' if p.is_proposed else "")
+    values = "".join(f'<td class="num">{e(format_interval(p.estimates[o.name], formats[o.name]))}</td>' for o in others)
+    agreement = "–" if p.label_agreement is None else f"{p.label_agreement:.2f}"
+    guidance = "–" if p.guidance is None else f"{p.guidance:g}"
+    link = f'<a href="#{_anchor(p)}">grid</a>' if _png(p.samples_png) else "–"
     return (
-        f'<tr class="{classes}"><td class="id">{e(t.trial_id)}</td><td class="arch">{arch}</td>'
-        f'<td>{e(t.setup)}</td><td>{e(t.loss)}</td><td class="num">{_format(t.params, formats["params"])}</td>'
-        f'{values}<td class="num">{rank}</td><td class="status">{e(t.status)}</td>'
-        f'<td>{_samples_html(t)}</td><td class="error">{_error_html(t.error)}</td></tr>'
+        f'<tr class="{classes}"><td class="id">{e(p.candidate_id)}</td><td class="arch">{arch}</td>'
+        f"<td>{e(p.setup)}</td><td>{e(p.loss)}</td><td>{e(p.variant)}</td>"
+        f'<td class="num">{_format(p.steps, "d")}</td><td class="num">{guidance}</td><td class="num">{p.n}</td>'
+        f"<td>{e(', '.join(map(str, p.seeds)) or '–')}</td>"
+        f'<td class="num">{_format(p.params, formats["params"])}</td>{values}'
+        f'<td class="num">{agreement}</td><td>{_improving_text(p)}</td>'
+        f'<td class="status">{e(status_text(p, names))}</td>'
+        f'<td class="num">{"–" if p.rank is None else p.rank}</td><td>{link}</td></tr>'
     )
+
+
+_VERDICT_CLASS = {HOLDS: "holds", DOES_NOT_HOLD: "fails", CANNOT_TELL: "unsure"}
+
+
+def _findings_html(data: ReportData) -> str:
+    """The findings as a table: verdict, the question and the evidence (with details), the paper's figure."""
+    if not data.findings:
+        return ('<p class="empty">None of the paper\'s principles can be checked on these points (they need, e.g., '
+                "two losses for one student, or several architectures trained the same way at one size).</p>")
+    e = html.escape
+    rows = []
+    for f in data.findings:
+        details = "".join(f"<li>{e(d)}</li>" for d in f.details)
+        details = f'<ul class="details">{details}</ul>' if details else ""
+        rows.append(
+            f'<tr><td class="verdict {_VERDICT_CLASS.get(f.verdict, "")}">{e(f.verdict)}</td>'
+            f"<td><b>{e(f.principle)}</b>: {e(f.question)}<br>{e(f.evidence)}{details}</td>"
+            f'<td class="paper">{e(f.paper)}</td></tr>'
+        )
+    head = "<tr><th>verdict</th><th>principle and evidence</th><th>the paper</th></tr>"
+    return f'<table class="findings">\n<thead>{head}</thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody>\n</table>"
+
+
+def _curves_html(data: ReportData, *, include_js: bool) -> str:
+    """One plot of every stored training curve: loss against step, log scale."""
+    curves = data.curves
+    if not curves:
+        return '<p class="empty">No trial stored a training curve.</p>'
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for c in curves:
+        fig.add_trace(go.Scatter(x=list(c.steps), y=list(c.losses), mode="lines", name=c.label,
+                                 hovertext=c.trial_id, line={"width": 1.5}))
+    fig.update_layout(
+        template="plotly_white", height=420, title={"text": "training loss per reporting step", "x": 0.02},
+        xaxis={"title": {"text": "step"}}, yaxis={"title": {"text": "loss (log scale)"}, "type": "log"},
+        margin={"l": 60, "r": 20, "t": 44, "b": 40},
+    )
+    return f'<div class="plot">{_figure_html(fig, include_js=include_js)}</div>'
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _samples_html(t: TrialRecord) -> str:
-    """The trial's sample grid inlined as a data URI (the page stays one self-contained file); "–"
-    when the trial has none or its file is gone."""
+def _png(path_text: str | None) -> bytes | None:
+    """The bytes of a PNG file, or None when there is no such file or it is no PNG (only a picture is
+    inlined, never another file's contents)."""
+    path = Path(path_text) if path_text else None
+    if path is None or not path.is_file():
+        return None
+    content = path.read_bytes()
+    return content if content.startswith(PNG_SIGNATURE) else None
+
+
+def png_size(content: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, or None when the header is not there."""
+    if len(content) < 24 or content[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(content[16:20], "big"), int.from_bytes(content[20:24], "big")
+
+
+def display_width(size: tuple[int, int] | None, rows: int, min_cell: int = MIN_CELL_PX) -> int | None:
+    """The width in CSS pixels at which a grid of `rows` rows of samples shows each sample at least
+    `min_cell` pixels tall: a whole multiple of its own width (pixels stay square), None when unknown."""
+    if size is None or rows < 1:
+        return None
+    width, height = size
+    cell = height / rows
+    scale = max(1, math.ceil(min_cell / cell)) if cell > 0 else 1
+    return width * scale
+
+
+def _anchor(p: PointRecord) -> str:
+    return "samples-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in p.candidate_id)
+
+
+def _gallery_html(data: ReportData) -> str:
+    """Each point's sample grid, inlined as a data URI (the page stays one self-contained file), drawn
+    pixelated at a size where each sample is at least MIN_CELL_PX pixels."""
     import base64
 
-    path = Path(t.samples_png) if t.samples_png else None
-    if path is None or not path.is_file():
-        return "–"
-    content = path.read_bytes()
-    if not content.startswith(PNG_SIGNATURE):  # only a picture is inlined, never another file's contents
-        return "–"
-    data = base64.b64encode(content).decode("ascii")
-    title = html.escape(f"{t.name}: one row per class, fixed noise per column")
-    return f'<img class="samples" alt="samples of {html.escape(t.trial_id)}" title="{title}" src="data:image/png;base64,{data}">'
+    figures = []
+    names = _point_names(data)
+    for p in data.points:
+        content = _png(p.samples_png)
+        if content is None:
+            continue
+        width = display_width(png_size(content), p.num_classes)
+        style = f' style="width: {width}px"' if width else ""
+        uri = base64.b64encode(content).decode("ascii")
+        title = html.escape(f"{p.name}: one row per class, fixed noise per column")
+        seed = p.seeds[0] if p.seeds else "–"
+        caption = html.escape(f"{names[p.candidate_id]} · {status_text(p, names)} · seed {seed}")
+        figures.append(
+            f'<figure id="{_anchor(p)}"><img class="samples" alt="samples of {html.escape(p.candidate_id)}" '
+            f'title="{title}"{style} src="data:image/png;base64,{uri}"><figcaption>{caption}</figcaption></figure>'
+        )
+    if not figures:
+        return '<p class="empty">No point has a sample grid.</p>'
+    return ('<p class="legend">One row per class, the same noise in each column: a row that does not change '
+            'with its label shows a student that ignores the label.</p>\n<div class="gallery">'
+            + "".join(figures) + "</div>")
 
+
+def _unfinished_html(data: ReportData) -> str:
+    """The trials that failed or were stopped, with their errors."""
+    trials = data.unfinished
+    if not trials:
+        return ""
+    e = html.escape
+    rows = "\n".join(
+        f'<tr class="{e(t.status)}"><td class="id">{e(t.trial_id)}</td><td class="arch">{e(t.name)}</td>'
+        f"<td>{e(t.setup)}</td><td>{e(t.loss)}</td><td>{e(t.variant)}</td>"
+        f'<td class="num">{"–" if t.seed is None else t.seed}</td>'
+        f'<td class="status">{e(t.status)}</td><td class="error">{_error_html(t.error)}</td></tr>'
+        for t in trials
+    )
+    head = "".join(f"<th>{h}</th>" for h in ("trial", "architecture", "setup", "loss", "variant", "seed", "status",
+                                             "error"))
+    return (f"<section>\n<h2>Trials that did not complete</h2>\n<table class=\"trials\">\n<thead><tr>{head}</tr>"
+            f"</thead>\n<tbody>\n{rows}\n</tbody>\n</table>\n</section>")
 
 
 def _error_html(error: str | None) -> str:
@@ -502,10 +874,12 @@ def _error_html(error: str | None) -> str:
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; color: #212529;
-       margin: 0 auto; max-width: 1400px; padding: 20px 28px; }
+       margin: 0 auto; max-width: 1500px; padding: 20px 28px; }
 h1 { font-size: 22px; margin: 0 0 4px; }
 h2 { font-size: 17px; margin: 24px 0 6px; }
 .summary { color: #495057; margin: 0 0 6px; }
+.confidence { color: #343a40; font-size: 13px; margin: 4px 0; max-width: 75em; }
+.warning { color: #862e9c; margin: 4px 0; }
 .rule { margin: 4px 0; }
 .provenance { color: #495057; font-size: 13px; margin: 4px 0 14px; padding-left: 18px; }
 .empty { padding: 20px; background: #f8f9fa; border: 1px solid #dee2e6; border-radius: 6px; color: #495057; }
@@ -516,20 +890,33 @@ table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { padding: 5px 10px; border-bottom: 1px solid #e9ecef; text-align: left; vertical-align: top; }
 th { background: #f1f3f5; font-weight: 600; }
 .num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
 td.id, td.arch { font-family: ui-monospace, "DejaVu Sans Mono", monospace; white-space: nowrap; }
 tr.front td { background: #fff4e6; }
+tr.tied td { background: repeating-linear-gradient(135deg, #fff4e6 0 6px, #ffffff 6px 12px); }
 tr.failed td.status { color: #c92a2a; font-weight: 600; }
 td.error { color: #c92a2a; max-width: 40em; overflow-wrap: anywhere; }
 td.error summary { cursor: pointer; }
 td.error pre { white-space: pre-wrap; font-size: 12px; margin: 4px 0 0; }
+td.verdict { font-weight: 600; white-space: nowrap; }
+td.verdict.holds { color: #2b8a3e; }
+td.verdict.fails { color: #c92a2a; }
+td.verdict.unsure { color: #e67700; }
+td.paper { color: #495057; max-width: 30em; }
+ul.details { margin: 2px 0 0; padding-left: 18px; color: #495057; }
 .badge { font: 11px system-ui, sans-serif; color: #fff; background: #1864ab; border-radius: 3px; padding: 1px 5px;
          margin: 0 4px 0 14px; white-space: nowrap; }
 td .badge { margin-left: 6px; }
-img.samples { height: 64px; image-rendering: pixelated; transition: height 0.1s; }
-img.samples:hover { height: 320px; }
+.gallery { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+.gallery figure { margin: 0; }
+.gallery figcaption { font-size: 12px; color: #495057; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
+img.samples { image-rendering: pixelated; max-width: 100%; height: auto;
+              border: 1px solid #dee2e6; }
 .legend { font-size: 12px; color: #495057; margin: 0 0 6px; }
-.swatch { display: inline-block; width: 12px; height: 12px; vertical-align: -2px; margin-right: 5px;
+.swatch { display: inline-block; width: 12px; height: 12px; vertical-align: -2px; margin: 0 5px 0 12px;
           background: #fff4e6; border: 1px solid #e8590c; border-radius: 2px; }
+.swatch:first-child { margin-left: 0; }
+.swatch.tied { background: repeating-linear-gradient(135deg, #fff4e6 0 3px, #ffffff 3px 6px); }
 """
 
 

@@ -92,13 +92,16 @@ def _heads_for(width: int, heads: str | tuple[int, ...]) -> list[int]:
 
 
 def enumerate_candidates(space: SpaceConfig, geometry: Geometry) -> list[Candidate]:
-    """Every (depth, width, heads) of the space with lower*budget <= params <= upper*budget.
+    """Every (depth, width, heads) of the space with lower*budget <= params <= upper*budget (or the
+    space's explicit `architectures`, each at most upper*budget).
 
     Sorted by params, then width, depth, heads. An empty result is a DseError that says what the
     smallest and largest models of the space are, so the user can move the budget or the band.
     """
     budget = space.budget_params
     lo, hi = _band(budget, space.lower, space.upper)
+    if space.architectures:
+        return _listed(space, geometry, hi)
     widths = _widths(space)
     if not widths:
         raise DseError(f"no width of the form 2^n or 3*2^n (a multiple of 4) lies in min_width..max_width = "
@@ -124,6 +127,20 @@ def enumerate_candidates(space: SpaceConfig, geometry: Geometry) -> list[Candida
             found.extend(Candidate(StudentArch(d, w, h, space.mlp_ratio), n) for h in _heads_for(w, space.heads))
     if not found:
         raise DseError(_no_fit_message(space, geometry, budget))
+    return sorted(found, key=lambda c: (c.params, c.arch.width, c.arch.depth, c.arch.heads))
+
+
+def _listed(space: SpaceConfig, geometry: Geometry, hi: float) -> list[Candidate]:
+    """The space's explicit `architectures`, each of which must fit under upper * budget (a cap: the
+    band's lower end does not apply to a list, which may span sizes as the paper's Table 6 does)."""
+    found = [Candidate(StudentArch(d, w, h, space.mlp_ratio), count_params(StudentArch(d, w, h, space.mlp_ratio), geometry))
+             for d, w, h in space.architectures]
+    over = [c for c in found if c.params > hi]
+    if over:
+        c = over[0]
+        raise DseError(f"architecture {c.arch.name} has {c.params:,} parameters, over upper*budget = {int(hi):,} for "
+                       f"{geometry.image_size}x{geometry.image_size}x{geometry.channels} images; raise the budget or "
+                       "remove it from [space] architectures")
     return sorted(found, key=lambda c: (c.params, c.arch.width, c.arch.depth, c.arch.heads))
 
 

@@ -19,6 +19,8 @@ from dse.layout import CLAIMS_DIR
 COLUMNS: tuple[tuple[str, str], ...] = (
     # identity
     ("trial_id", "string"), ("study", "string"), ("status", "string"), ("error", "string"),
+    # the point a row belongs to: every row of one candidate x training that differs only in train.seed
+    ("candidate_id", "string"),
     # configuration
     ("dataset", "string"), ("image_size", "int64"), ("channels", "int64"), ("num_classes", "int64"),
     ("patch_size", "int64"), ("depth", "int64"), ("width", "int64"), ("heads", "int64"),
@@ -32,6 +34,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("fid", "float64"), ("fid_extractor", "string"), ("fid_reference", "string"), ("fid_num_samples", "int64"),
     ("kid", "float64"), ("kid_std", "float64"), ("is_mean", "float64"), ("is_std", "float64"),
     ("quality_note", "string"), ("guidance", "float64"), ("quality_seconds", "float64"),
+    # how precise that FID is: bootstrap over the generated samples' features (docs/metrics.md)
+    ("fid_std", "float64"), ("fid_ci_low", "float64"), ("fid_ci_high", "float64"), ("fid_bootstrap", "int64"),
+    # whether samples follow their labels: nearest-class-mean accuracy in the extractor's feature space
+    ("label_agreement", "float64"), ("eval_seed", "int64"),
     # latency and how it was measured
     ("latency_s", "float64"), ("latency_per_image_ms", "float64"), ("latency_cpu_s", "float64"),
     ("latency_device", "string"), ("latency_batch", "int64"), ("latency_num_images", "int64"),
@@ -44,6 +50,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("checkpoint", "string"), ("samples_png", "string"),
     # training
     ("final_loss", "float64"), ("train_seconds", "float64"), ("train_images_per_s", "float64"),
+    # the training curve, JSON [[step, loss], ...], and whether the loss was still falling at the end
+    ("loss_curve", "string"), ("still_improving", "bool_"), ("loss_trend", "float64"),
     ("eval_seconds", "float64"),
     # provenance
     ("device", "string"), ("host", "string"), ("started_at", "string"), ("finished_at", "string"),

@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Callable
 
 from dse.config import StudyConfig, dataset_geometry, parse_address, study_from_dict
+from dse.convergence import study_warnings
 from dse.errors import DseError
 from dse.events import COMPLETE, FAILED, LATENCY, STATUSES, STOPPED, OnEvent
 from dse.fileio import atomic_write, check_folder
 from dse.layout import ARTIFACTS_DIR, LAST_CHECKPOINT, SAMPLES_FILE, StudyLayout, check_name, study_names
+from dse.pareto import FRONT, TIED, noise_aware_front
 from dse.sizing import Candidate, design_rule, enumerate_candidates
+from dse.stats import group_points
 from dse.store import ResultsStore, is_null
 from dse.trial import TrialSpec
 from dse.types import Geometry
@@ -68,9 +71,13 @@ class StudyOutcome:
     num_complete: int
     num_failed: int
     skipped: int  # not run: their row says complete, stopped, or failed (without retry_failed)
+    # the points (candidates over their seeds) on the noise-aware front (front or tied), by params:
+    # candidate_id, trial_id (its first), depth, width, heads, params, n, fid, fid_low, fid_high,
+    # latency_s, front_status, tied_with (dse.pareto.noise_aware_front)
     front: list[dict]
     elsewhere: int = 0  # not run: another live process holds their claim
     num_stopped: int = 0
+    warnings: list[str] = dataclasses.field(default_factory=list)  # dse.convergence.study_warnings
 
 
 def geometry_of(cfg: StudyConfig) -> Geometry:
@@ -239,19 +246,31 @@ def measure_latency_pass(plan: StudyPlan, on_event: OnEvent | None = None) -> in
     return len(todo)
 
 
-def _finish(plan: StudyPlan, skipped: int, elsewhere: int = 0) -> StudyOutcome:
-    from dse.pareto import pareto_front
+FRONT_KEYS = ("candidate_id", "trial_id", "depth", "width", "heads", "params", "n", "fid", "fid_low", "fid_high",
+              "latency_s", "front_status", "tied_with")  # what StudyOutcome.front says of each point
 
+
+def front_points(rows) -> list[dict]:
+    """The points of `rows` (store rows of one study) on the noise-aware front, FRONT and TIED, sorted by
+    params: a dict of FRONT_KEYS each, missing values as None."""
+    points = noise_aware_front(group_points(rows))
+    points = points[points["front_status"].isin([FRONT, TIED])]
+    out = []
+    for p in points.to_dict("records"):
+        p["trial_id"] = p["trial_ids"][0]
+        out.append({k: (p[k] if isinstance(p[k], list) else None if is_null(p[k]) else p[k]) for k in FRONT_KEYS})
+    return out
+
+
+def _finish(plan: StudyPlan, skipped: int, elsewhere: int = 0) -> StudyOutcome:
     df = plan.store.read()
     report = write_study_report(plan, df)
     mine = df[df["trial_id"].isin({s.trial_id for s in plan.specs})]
-    front = mine[pareto_front(mine)] if len(mine) else mine
-    cols = ["trial_id", "depth", "width", "heads", "params", "fid", "latency_s"]
     return StudyOutcome(
         plan=plan, report_path=report,
         num_complete=int((mine["status"] == COMPLETE).sum()), num_failed=int((mine["status"] == FAILED).sum()),
-        skipped=skipped, front=front.sort_values("params")[cols].to_dict("records"), elsewhere=elsewhere,
-        num_stopped=int((mine["status"] == STOPPED).sum()),
+        skipped=skipped, front=front_points(mine), elsewhere=elsewhere,
+        num_stopped=int((mine["status"] == STOPPED).sum()), warnings=study_warnings(mine),
     )
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import math
 import platform
 import shutil
 import socket
@@ -22,6 +23,7 @@ from typing import Any, Callable
 import dse
 import dse.evaluation as evaluation
 from dse.config import EvalConfig, TrainConfig, eval_from_dict
+from dse.convergence import curve_json, curve_trend
 from dse.device import resolve_device
 from dse.events import COMPLETE, FAILED, QUALITY, TRAIN
 from dse.layout import ONNX_FILE, SAMPLES_FILE, STUDENT_FILE
@@ -52,16 +54,34 @@ class TrialSpec:
     @property
     def trial_id(self) -> str:
         """Readable and unique: architecture, setup, loss and a hash of everything that shapes the row."""
-        key = json.dumps(
-            {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_ID},
-            sort_keys=True,
-        )
-        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        return self._named_hash(leave_out=())
+
+    @property
+    def candidate_id(self) -> str:
+        """The point this trial's row belongs to: like `trial_id`, but the hash leaves out `train.seed`,
+        so every training seed of one candidate x training shares it."""
+        return self._named_hash(leave_out=("seed",))
+
+    def _named_hash(self, leave_out: tuple[str, ...]) -> str:
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_ID}
+        for section, added in _ADDED_LATER.items():  # keys newer than a stored study, at their old behaviour
+            fields[section] = {k: v for k, v in fields[section].items() if added.get(k, _ABSENT) != v}
+        fields["train"] = {k: v for k, v in fields["train"].items() if k not in leave_out}
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.arch.name}-{self.train.setup}-{self.train.loss}-{digest}"
 
 
 # Fields that say where or how a trial runs, not what it computes: not part of its id.
 _NOT_IN_ID = ("study", "device", "threads", "proposed", "budget", "artifacts_dir", "variant", "data_root", "defer_latency")
+# Keys added to [train] / [eval] after studies were stored, each with its default when it was added
+# (written here, not read from the config: a later change of the default must not move old ids). At
+# that value a key is left out of the ids, so a study stored before the key existed keeps its trial ids
+# and resumes instead of running again; any other value changes them, as every setting does.
+_ADDED_LATER: dict[str, dict[str, Any]] = {
+    "train": {},
+    "eval": {"fid_bootstrap": 100},  # issue 12: fid_std / fid_ci_* beside the same fid
+}
+_ABSENT = object()
 
 
 @dataclass
@@ -91,7 +111,7 @@ def git_sha() -> str | None:
 def base_row(spec: TrialSpec) -> dict[str, Any]:
     t = spec.train
     return {
-        "trial_id": spec.trial_id, "study": spec.study, "dataset": spec.dataset,
+        "trial_id": spec.trial_id, "candidate_id": spec.candidate_id, "study": spec.study, "dataset": spec.dataset,
         **arch_columns(spec.arch, spec.geometry),
         "setup": t.setup, "loss": t.loss, "variant": spec.variant, "budget": spec.budget, "proposed": spec.proposed,
         "steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay,
@@ -180,6 +200,9 @@ def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | 
         "steps": trained.steps, "final_loss": trained.final_loss, "train_seconds": trained.seconds,
         "train_images_per_s": trained.images_per_second, "device": str(device), "torch_version": torch.__version__,
     }
+    still_improving, trend = curve_trend(trained.curve)
+    row.update(loss_curve=curve_json(trained.curve), still_improving=still_improving,
+               loss_trend=trend if math.isfinite(trend) else None)
     eval_start = time.perf_counter()
     if artifacts is not None:
         row["checkpoint"] = str(evaluation.save_student(

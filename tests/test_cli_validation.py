@@ -47,7 +47,9 @@ def _run(tmp_path, *args: str):
     (["--set", 'space.heads=["x"]'], ["[space] heads", "expected a list of integers"]),
     (["--set", 'train.mi1_times=["a"]'], ["[train] mi1_times", "expected a list of numbers"]),
     (["--set", "space.setups=[1]"], ["[space] setups", "expected a list of strings"]),
-    (["--set", "space.heads=[5]"], ["heads 5 divides none of the widths 32, 48, 64", "heads must divide the width"]),
+    (["--set", "space.architectures=[]", "--set", "space.widths=[32, 48, 64]", "--set", "space.heads=[5]"],
+     ["heads 5 divides none of the widths 32, 48, 64", "heads must divide the width"]),
+    (["--set", "space.heads=[5]"], ["[space] architectures lists the students, so heads would be ignored"]),
     (["--set", "train.lr=nan"], ["train.lr must be a finite number"]),
     (["--set", "train.lr=inf"], ["train.lr must be a finite number"]),
     (["--set", "train.lr=-1e-3"], ["train.lr must be positive"]),
@@ -98,8 +100,9 @@ def test_run_with_a_budget_and_no_space_explores_the_papers_widths(tmp_path):
     smallest = count_params(StudentArch(1, 8, 1), DIGITS)
     largest = count_params(StudentArch(64, 1024, 1), DIGITS)
     _refused(_run(tmp_path, "--budget", "1k"), "no architecture fits", f"{smallest:,} to {largest:,} parameters")
-    demo = _refused(_run(tmp_path, "--budget", "1k", "--space", "search_spaces/demo.toml"), "no architecture fits")
-    assert f"{count_params(StudentArch(1, 32, 1), DIGITS):,} to" in demo
+    # the demo file lists its three students: the first over the budget is named with its count
+    demo = _refused(_run(tmp_path, "--budget", "1k", "--space", "search_spaces/demo.toml"), "over upper*budget")
+    assert f"d2-w16-h2 has {count_params(StudentArch(2, 16, 2), DIGITS):,} parameters" in demo
     _nothing_written(tmp_path)
 
 
@@ -118,7 +121,7 @@ def test_space_with_a_budget_and_no_space_file_lists_the_papers_widths_with_rule
                   <= 5_100_000]  # every depth of that width in the space and the band
         assert all(abs(r["params"] - 5_000_000) <= abs(n - 5_000_000) for n in others)
     demo = dse("space", "--json")  # no budget: the demo as it is
-    assert {r["width"] for r in json.loads(demo.stdout)["candidates"]} == {32, 48, 64}
+    assert {r["width"] for r in json.loads(demo.stdout)["candidates"]} == {16, 32, 48}  # the demo's own list
 
 
 def test_space_table_puts_the_head_counts_of_an_architecture_on_one_row():

@@ -169,7 +169,7 @@ def test_every_number_of_every_section_has_a_range():
         hints = get_type_hints(cls)
         numeric = {k for k, t in hints.items() if t in (int, float) or str(t) in (
             "tuple[int, ...]", "tuple[float, ...]", "str | tuple[int, ...]")}
-        assert numeric - {"widths", "heads", "mi1_blocks", "mi1_times"} == {k for k, t in hints.items() if t in (int, float)}
+        assert numeric - {"widths", "heads", "seeds", "mi1_blocks", "mi1_times"} == {k for k, t in hints.items() if t in (int, float)}
         assert set(RANGES[section]) == numeric, section
 
 
@@ -349,3 +349,74 @@ def test_a_run_study_is_named_after_the_space_and_the_budget_given():
     assert (cfg.name, cfg.train.steps, cfg.space.widths, cfg.space.depths) == ("set", 7, (), "closest")
     with pytest.raises(DseError, match="is not allowed"):
         study_for_run(None, name="../x")
+
+
+# -- training seeds: [space] seeds, --seeds N ------------------------------------------------------------
+
+def _seeded(seeds, **sections):
+    raw = {"space": {"budget": "15.2k", "widths": [16], "heads": [2, 4], "min_depth": 2, "max_depth": 2,
+                     "losses": ["l1", "l2"], **({"seeds": seeds} if seeds is not None else {})},
+           "study": {"name": "seeded"}, "run": {"results_dir": "/tmp/dse-unused"}, **sections}
+    return study_from_dict(raw)
+
+
+def test_seeds_give_one_training_per_seed_with_the_name_kept():
+    cfg = _seeded([0, 1, 2])
+    got = [(name, t.loss, t.seed) for name, t in cfg.trainings()]
+    assert got == [("get-l1", "l1", 0), ("get-l1", "l1", 1), ("get-l1", "l1", 2),
+                   ("get-l2", "l2", 0), ("get-l2", "l2", 1), ("get-l2", "l2", 2)]
+    assert [(n, t.seed) for n, t in _seeded(None, train={"seed": 7}).trainings()] == [("get-l1", 7), ("get-l2", 7)]
+    assert [t.seed for _, t in _seeded([5, 3], train={"seed": 7}).trainings()] == [5, 3, 5, 3]  # seeds replace it
+    assert _seeded([4, 9]).space.seeds == (4, 9) and study_from_dict(_seeded([4, 9]).to_raw()) == _seeded([4, 9])
+
+
+def test_seeds_make_one_trial_per_seed_and_one_candidate_per_training():
+    from dse.study import plan_study
+
+    plan = plan_study(_seeded([0, 1, 2]))
+    assert len(plan.specs) == len(plan.candidates) * 2 * 3
+    assert len({s.trial_id for s in plan.specs}) == len(plan.specs)
+    by_candidate: dict[str, set] = {}
+    for s in plan.specs:
+        by_candidate.setdefault(s.candidate_id, set()).add(s.train.seed)
+    assert len(by_candidate) == len(plan.candidates) * 2 and all(v == {0, 1, 2} for v in by_candidate.values())
+    # no seeds: the trials of train.seed, with the ids they had; seeds = [0] (train.seed 0) is the same study
+    unseeded = plan_study(_seeded(None))
+    assert [s.trial_id for s in unseeded.specs] == [s.trial_id for s in plan_study(_seeded([0])).specs]
+    assert {s.trial_id for s in unseeded.specs} < {s.trial_id for s in plan.specs}
+
+
+def test_variants_are_crossed_with_the_seeds():
+    cfg = _seeded([0, 1], variants=[{"name": "short", "steps": 10}, {"name": "long", "steps": 20}])
+    assert [(n, t.steps, t.seed) for n, t in cfg.trainings()] == [("short", 10, 0), ("short", 10, 1),
+                                                                  ("long", 20, 0), ("long", 20, 1)]
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ([0, 1, 0], "at most 32 distinct training seeds"),
+    ([-1], "space.seeds must be >= 0"),
+    (list(range(33)), "at most 32 distinct"),
+    (["a"], "wrong type"),
+    ([1.5], "wrong type"),
+])
+def test_bad_seeds_are_one_error_naming_the_key(seeds, message):
+    with pytest.raises(DseError, match=message):
+        _seeded(seeds)
+
+
+def test_a_variant_with_its_own_seed_and_space_seeds_is_refused():
+    with pytest.raises(DseError, match="variant 'mine' sets seed, but \\[space\\] seeds = \\[0, 1\\]"):
+        _seeded([0, 1], variants=[{"name": "mine", "seed": 3}])
+    cfg = _seeded(None, variants=[{"name": "mine", "seed": 3}])  # without space.seeds a variant's seed is its own
+    assert [t.seed for _, t in cfg.trainings()] == [3]
+    assert len(_seeded(list(range(32))).trainings()) == 64  # 32 seeds is allowed
+
+
+def test_seeds_from_the_options_of_dse_run():
+    from dse.config import study_for_run
+
+    demo = study_for_run(None)  # the demo trains each candidate with seeds 0 and 1
+    assert demo.space.seeds == (0, 1) and [t.seed for _, t in demo.trainings()] == [0, 1]
+    cfg = study_for_run(None, space={"seeds": [0, 1, 2]})
+    assert cfg.space.seeds == (0, 1, 2) and [t.seed for _, t in cfg.trainings()] == [0, 1, 2]
+    assert study_for_run(None, space={"seeds": None}).space.seeds == (0, 1)  # not given: the file's

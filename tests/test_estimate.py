@@ -64,3 +64,14 @@ def test_estimate_writes_nothing_and_is_within_a_small_factor_of_training(tmp_pa
         torch.set_num_threads(threads)
     ratio = guess.trials[0].train_s / trained.seconds
     assert 1 / 3 < ratio < 3, (guess.trials[0].train_s, trained.seconds)
+
+
+def test_the_estimate_counts_every_seed_as_a_trial(tmp_path):
+    one = study(tmp_path, space={"seeds": [0]})
+    three = study(tmp_path, space={"seeds": [0, 1, 2]})
+    a = estimate_study(one, plan_study(one).specs, HERE, image_seconds=1e-4)
+    b = estimate_study(three, plan_study(three).specs, HERE, image_seconds=1e-4)
+    assert len(b.trials) == 3 * len(a.trials) and len({t.trial_id for t in b.trials}) == len(b.trials)
+    # each seed costs what the single run costs: three times the trials' time, the pairs once
+    assert sum(t.total_s for t in b.trials) == pytest.approx(3 * sum(t.total_s for t in a.trials))
+    assert b.study_s - b.pairs_s == pytest.approx(3 * (a.study_s - a.pairs_s))

@@ -1,12 +1,14 @@
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from dse.config import eval_from_dict
+from dse.data.datasets import load_digits
 from dse.errors import DseError
-from dse.evaluation import evaluate_checkpoint, load_student, save_student
+from dse.evaluation import evaluate_checkpoint, load_student, measure_quality, save_student
 from dse.models.dit import DiT
 from dse.types import Geometry, StudentArch
 from tests.data.test_pairs import _listing
@@ -89,6 +91,10 @@ def test_eval_writes_files_only_where_out_says(trial_dir, tmp_path):
     assert _listing(tmp_path) == before  # no --out: no file at all, the trial's folder untouched
     assert row["samples_png"] is None and row["onnx_path"] is None and row["latency_onnx_cpu_s"] > 0
     assert row["fid_num_samples"] == 20
+    # how precise the FID is, whether samples follow labels, and which evaluation seed made them
+    assert row["fid_bootstrap"] == 100 and row["fid_std"] > 0 and row["eval_seed"] == 0
+    assert row["fid_ci_low"] < row["fid"] < row["fid_ci_high"]
+    assert 0.0 <= row["label_agreement"] <= 1.0
 
     out = tmp_path / "eval"
     row = evaluate_checkpoint(trial_dir / "student.pt", cfg, device="cpu", out_dir=out)
@@ -177,3 +183,40 @@ def test_eval_without_out_leaves_the_trials_folder_as_it_was(trial_dir, tmp_path
     row = json.loads(out.stdout)
     assert row["samples_png"] is None and row["onnx_path"] is None and row["latency_onnx_cpu_s"] > 0
     assert _listing(tmp_path) == before
+
+
+class _RealDigits(torch.nn.Module):
+    """A stand-in student that returns real digits images, chosen by its noise: of the class it is asked
+    for (`follows_labels`), or of any class, whatever the label (a collapsed student that ignores labels)."""
+
+    def __init__(self, follows_labels):
+        super().__init__()
+        data = load_digits()
+        self.geometry = Geometry(8, 1, 10)
+        self.follows_labels = follows_labels
+        self.images = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 1, 8, 8)
+        self.labels = torch.from_numpy(data.labels)
+
+    def forward_with_cfg(self, z, y, guidance):
+        pick = (z.flatten(1)[:, 0].abs() * 1e4).long()  # (B,): a pseudo-random choice made by the noise alone
+        out = []
+        for p, label in zip(pick.tolist(), y.tolist()):
+            if self.follows_labels:
+                members = torch.nonzero(self.labels == label).flatten()
+            else:
+                members = torch.arange(len(self.labels))
+            out.append(self.images[members[p % len(members)]])
+        return torch.stack(out)
+
+
+def test_a_collapsed_student_is_visible_in_its_row_though_its_fid_is_fine():
+    cfg = eval_from_dict({"num_samples": 400, "fid_bootstrap": 20, "seed": 5})
+    follows = measure_quality(_RealDigits(follows_labels=True), "digits", cfg)
+    ignores = measure_quality(_RealDigits(follows_labels=False), "digits", cfg)
+    assert follows["label_agreement"] > 0.8
+    assert abs(ignores["label_agreement"] - 0.1) < 0.06  # chance: 1 / 10 classes
+    # both draw real digits, so FID alone cannot tell them apart: within each other's intervals
+    assert ignores["fid"] < follows["fid_ci_high"] + 2 * ignores["fid_std"]
+    assert follows["fid"] < ignores["fid_ci_high"] + 2 * follows["fid_std"]
+    for row in (follows, ignores):
+        assert row["eval_seed"] == 5 and row["fid_bootstrap"] == 20 and row["fid_num_samples"] == 400

@@ -335,3 +335,55 @@ def test_ctrl_c_stops_a_run_with_exit_code_130_and_the_next_run_resumes(tmp_path
     assert row["status"] == "complete" and row["steps"] == INTERRUPT_STEPS
     images = row["train_images_per_s"] * max(row["train_seconds"], 1e-9)  # images trained in the second run
     assert round(images / INTERRUPT_BATCH) == INTERRUPT_STEPS - stopped_at  # resumed from the checkpoint
+
+
+def test_the_optuna_searcher_runs_every_seed_of_a_candidate_as_its_own_trial():
+    from ray.tune.search import Searcher
+
+    from dse.executor.optuna_search import make_optuna_search, search_key
+
+    base = tiny_spec("/p")
+    specs = [tiny_spec("/p", arch=StudentArch(d, 16, 2), train=dataclasses.replace(base.train, seed=s))
+             for d in (1, 2) for s in (0, 1, 2)]
+    keys = {s.trial_id: search_key(s) for s in specs}
+    assert len(keys) == 6 and len(set(keys.values())) == 2  # the seeds share a search key ...
+    done = specs[0].trial_id
+    searcher = make_optuna_search(keys, {done: ("complete", [10.0, 100.0])}, seed=1)  # ... and a known seed is told
+    order = []
+    for n in range(6):
+        got = searcher.suggest(f"tune-{n}")
+        order.append(got if got == Searcher.FINISHED else got["trial_id"])
+        if got != Searcher.FINISHED:
+            searcher.on_trial_complete(f"tune-{n}", {"phase": "done", "status": "complete", "fid": 5.0 + n,
+                                                     "params": 100.0})
+    assert sorted(order[:5]) == sorted(set(keys) - {done}) and order[5] == Searcher.FINISHED  # each seed once
+
+
+def test_halving_compares_candidates_and_the_seeds_of_one_follow_its_decision():
+    from types import SimpleNamespace
+
+    from dse.executor.halving import HalvingScheduler
+    from dse.executor.reports import PHASE_TRAIN
+    from dse.search import SuccessiveHalving
+
+    base = tiny_spec("/p")
+    seeds = {(w, s): tiny_spec("/p", arch=StudentArch(1, w, 2), train=dataclasses.replace(base.train, seed=s))
+             for w in (16, 32) for s in (0, 1, 2)}
+    specs = {spec.trial_id: spec for spec in seeds.values()}
+    stops = {}
+    scheduler = HalvingScheduler(SuccessiveHalving(3, 3), specs, lambda tid, stop, result: stops.update({tid: stop}))
+
+    def report(w, s, step, loss):
+        spec = seeds[(w, s)]
+        result = {"phase": PHASE_TRAIN, "step": step, "loss": loss, "params": 1000 * w, "total_steps": 150}
+        return scheduler.on_trial_result(None, SimpleNamespace(config={"trial_id": spec.trial_id}), result)
+
+    # the seeds of w16 report slightly different losses at the first rung: none stops another
+    assert [report(16, s, 20, 0.50 + 0.01 * s) for s in (0, 1, 2)] == ["CONTINUE"] * 3
+    # w32: more parameters and a higher loss than w16, dominated at the rung; all its seeds stop
+    assert report(32, 0, 20, 0.9) == "STOP"
+    assert [report(32, s, 60, 0.8) for s in (1, 2)] == ["STOP", "STOP"]
+    assert sorted(stops) == sorted(seeds[(32, s)].trial_id for s in (0, 1, 2))
+    late = stops[seeds[(32, 2)].trial_id]
+    assert late.trial_id == seeds[(32, 2)].trial_id and late.step == 60 and late.loss == 0.8  # its own report
+    assert late.reason.startswith("stopped at step 60 by successive halving (rank 1 at rung 1")

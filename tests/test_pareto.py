@@ -1,13 +1,19 @@
-"""Tests for dse.pareto: hand-worked fronts, ties, missing values, and a brute-force cross-check."""
+"""Tests for dse.pareto: hand-worked fronts, ties, missing values, a brute-force cross-check, and the
+noise-aware front on hand-made points (a tie is a tie, a clear win is a win)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from dse.errors import DseError
-from dse.pareto import non_dominated_sort, pareto_front, pareto_ranks
+from dse.pareto import (
+    DOMINATED, FRONT, TIED, clearly_dominates, noise_aware_front, non_dominated_sort, pareto_front, pareto_ranks,
+)
+from dse.stats import _quantile, estimate, exact
 
 NAN = float("nan")
 
@@ -162,3 +168,99 @@ def test_none_in_an_object_column_counts_as_missing():
     df = pd.DataFrame({"status": ["complete"] * 3, "params": [1, 2, 3], "fid": fd, "latency_s": [1.0] * 3})
     ranks = pareto_ranks(df)
     assert pd.isna(ranks.iloc[0]) and ranks.iloc[1:].tolist() == [0, 0]
+
+
+# ------------------------------------------------------------------------------ noise-aware front
+
+
+def _pt(cid, params, fid, fid_sd, latency, n=3, latency_sd=0.0):
+    """A point as group_points gives it, its interval made by dse.stats.estimate from mean, sd and n."""
+    half = _quantile(0.975, n - 1 if n > 1 else math.inf) * fid_sd / math.sqrt(n)
+    lhalf = _quantile(0.975, n - 1 if n > 1 else math.inf) * latency_sd / math.sqrt(n)
+    return {"candidate_id": cid, "n": n, "params": params, "params_sd": 0.0, "params_low": params,
+            "params_high": params, "fid": fid, "fid_sd": fid_sd, "fid_low": fid - half, "fid_high": fid + half,
+            "latency_s": latency, "latency_s_sd": latency_sd, "latency_s_low": latency - lhalf,
+            "latency_s_high": latency + lhalf}
+
+
+def _status(points):
+    out = noise_aware_front(pd.DataFrame(points))
+    return {r["candidate_id"]: r for r in out.to_dict("records")}
+
+
+def test_a_point_dominated_on_the_means_but_within_noise_is_tied_with_its_dominator():
+    # same size and speed; A's FID is better on the means, but by much less than the noise
+    res = _status([_pt("A", 1000, 35.0, 2.0, 1.0), _pt("B", 1000, 36.0, 2.0, 1.0)])
+    assert res["A"]["front_status"] == FRONT and res["A"]["pareto_rank"] == 0
+    assert res["B"]["front_status"] == TIED and res["B"]["pareto_rank"] == 1
+    assert res["B"]["tied_with"] == ["A"] and res["B"]["dominated_by"] == []
+    assert res["A"]["tied_with"] == [] and res["A"]["dominated_by"] == []
+
+
+def test_a_clear_win_is_a_win():
+    res = _status([_pt("A", 1000, 20.0, 0.5, 1.0), _pt("B", 1000, 40.0, 0.5, 1.0)])
+    assert res["B"]["front_status"] == DOMINATED
+    assert res["B"]["dominated_by"] == ["A"] and res["B"]["tied_with"] == []
+
+
+def test_a_plain_front_point_stays_on_the_front_however_noisy():
+    # B is bigger but better on the FID means (within noise): not dominated on the means -> front
+    res = _status([_pt("A", 1000, 36.0, 2.0, 1.0), _pt("B", 2000, 35.0, 2.0, 1.0)])
+    assert res["A"]["front_status"] == res["B"]["front_status"] == FRONT
+    assert res["B"]["dominated_by"] == res["B"]["tied_with"] == []
+
+
+def test_an_exact_objective_decides_together_with_the_others():
+    # A is smaller (params: exact) but its FID cannot be told apart from B's: B might be the better
+    # model in FID, so the data do not say A dominates it -> tied, not dominated
+    res = _status([_pt("A", 1000, 35.0, 2.0, 1.0), _pt("B", 1100, 35.5, 2.0, 1.0)])
+    assert res["B"]["front_status"] == TIED and res["B"]["tied_with"] == ["A"] and res["B"]["dominated_by"] == []
+    # smaller and clearly better in FID: a clear win
+    res = _status([_pt("A", 1000, 30.0, 0.5, 1.0), _pt("B", 1100, 35.5, 0.5, 1.0)])
+    assert res["B"]["front_status"] == DOMINATED and res["B"]["dominated_by"] == ["A"]
+    # an exact objective where A is worse (slower) stops dominance however clear the FID
+    res = _status([_pt("A", 1000, 30.0, 0.5, 2.0), _pt("B", 1100, 35.5, 0.5, 1.0)])
+    assert res["B"]["front_status"] == FRONT
+    # but a smaller size does not make A dominate a point whose FID is better on the means
+    res = _status([_pt("A", 1000, 35.5, 2.0, 1.0), _pt("B", 1100, 35.0, 2.0, 1.0)])
+    assert res["B"]["front_status"] == FRONT
+
+
+def test_ties_and_clear_dominators_are_listed_apart():
+    res = _status([
+        _pt("A", 1000, 20.0, 0.5, 1.0),  # front
+        _pt("C", 1000, 44.0, 4.0, 1.0),  # front? no: dominated by A clearly (20 vs 44, tight)
+        _pt("B", 1000, 45.0, 4.0, 1.0),  # dominated on means by A (clearly) and by C (within noise)
+    ])
+    assert res["A"]["front_status"] == FRONT
+    assert res["C"]["front_status"] == DOMINATED
+    assert res["B"]["front_status"] == DOMINATED
+    assert res["B"]["dominated_by"] == ["A"] and res["B"]["tied_with"] == ["C"]
+
+
+def test_a_point_with_a_missing_objective_takes_no_part():
+    res = _status([_pt("A", 1000, 35.0, 2.0, 1.0), _pt("B", 1000, NAN, NAN, 1.0)])
+    assert pd.isna(res["B"]["front_status"]) and pd.isna(res["B"]["pareto_rank"])
+    assert res["A"]["front_status"] == FRONT
+
+
+def test_the_plain_rank_of_the_means_is_kept_beside_the_status():
+    pts = [_pt("A", 1000, 20.0, 9.0, 1.0), _pt("B", 1000, 21.0, 9.0, 1.0), _pt("C", 1000, 22.0, 9.0, 1.0)]
+    res = _status(pts)
+    assert [res[c]["pareto_rank"] for c in "ABC"] == [0, 1, 2]
+    assert [res[c]["front_status"] for c in "ABC"] == [FRONT, TIED, TIED]
+    assert res["C"]["tied_with"] == ["A", "B"]
+
+
+def test_noise_aware_front_needs_its_columns():
+    with pytest.raises(DseError, match="no column 'fid'"):
+        noise_aware_front(pd.DataFrame([{"candidate_id": "A", "params": 1, "latency_s": 1}]))
+
+
+def test_clearly_dominates_on_estimates():
+    a = [exact(1000), estimate([20.0, 20.5, 19.5]), exact(1.0)]
+    b = [exact(1000), estimate([30.0, 30.5, 29.5]), exact(1.0)]
+    tie = [exact(1000), estimate([21.0, 18.0, 22.0]), exact(1.0)]
+    assert clearly_dominates(a, b) and not clearly_dominates(b, a)
+    assert not clearly_dominates(a, a)  # equal everywhere: no dominance
+    assert not clearly_dominates(a, tie) and not clearly_dominates(tie, a)

@@ -222,23 +222,39 @@ def test_live_table_on_a_terminal():
 
 
 FRONT = [
-    {"trial_id": "dit-d2-w48-h2-get-l2", "depth": 2, "width": 48, "heads": 2, "params": 410_123, "fid": 30.5,
-     "latency_s": 0.0123},
-    {"trial_id": "dit-d4-w96-h4-get-l2", "depth": 4, "width": 96, "heads": 4, "params": 4_987_654, "fid": 8.25,
-     "latency_s": float("nan")},
+    {"trial_id": "dit-d2-w48-h2-get-l2", "candidate_id": "d2", "depth": 2, "width": 48, "heads": 2, "params": 410_123,
+     "n": 3, "fid": 30.5, "fid_low": 28.7, "fid_high": 32.3, "latency_s": 0.0123, "front_status": "front",
+     "tied_with": []},
+    {"trial_id": "dit-d4-w96-h4-get-l2", "candidate_id": "d4", "depth": 4, "width": 96, "heads": 4,
+     "params": 4_987_654, "n": 1, "fid": 8.5, "fid_low": 8.5, "fid_high": 8.5, "latency_s": float("nan"),
+     "front_status": "tied", "tied_with": ["d2"]},
 ]
 
 
 def test_summary_lines():
     lines = summary_lines(num_complete=5, num_failed=1, num_stopped=2, skipped=3, front=FRONT,
-                          results="results/demo/trials/*.parquet", report="reports/demo.html", elapsed_s=125)
+                          results="results/demo/trials/*.parquet", report="reports/demo.html", elapsed_s=125,
+                          warnings=["4 of 5 trials were still improving"])
     text = "\n".join(lines)
     assert lines[0] == "5 complete, 1 failed, 2 stopped, 3 already in the store in 2m05s"
     assert "dit-d2-w48-h2-get-l2" in text and "dit-d4-w96-h4-get-l2" in text
-    assert "410,123" in text and "30.500" in text and "0.0123 s" in text
+    assert "410,123" in text and "0.0123 s" in text
+    assert "30.5 ± 1.8" in text  # the mean and half the interval's width
+    assert "95%" in lines[1] and "tied" in lines[1]
     assert "report:  reports/demo.html" in text and "results: results/demo/trials/*.parquet" in text
     table = [line for line in lines if line.startswith("  ")]
-    assert len(table) == 3 and len({len(line) for line in table[:2]}) == 1  # header and rows aligned
+    assert len(table) == 3
+    header, first, second = table
+    # aligned: the status column starts, and the latency and fid columns end, at one place on each line
+    assert header.index("status") == first.index("front") == second.index("tied")
+    assert header.index("latency") + len("latency") == first.index("0.0123 s") + len("0.0123 s") \
+        == second.index(" -  ") + 2
+    assert first.index("30.5 ±") + len("30.5") == second.index("8.5") + len("8.5")  # no interval: the mean alone
+    assert header.split() == ["trial", "n", "params", "fid", "latency", "status"]
+    assert first.split()[1] == "3" and first.endswith("front")
+    assert second.split()[1] == "1" and second.endswith("tied") and "±" not in second
+    assert "warning: 4 of 5 trials were still improving" in lines
+    assert lines.index("warning: 4 of 5 trials were still improving") > lines.index(table[-1])
     empty = summary_lines(num_complete=0, num_failed=2, front=[], report="r.html")
     assert empty[0] == "0 complete, 2 failed" and "empty" in empty[1]
 
@@ -252,9 +268,11 @@ def test_outcome_summary_reads_a_study_outcome_like_object():
 
     class Outcome:
         plan, report_path, num_complete, num_failed, skipped, front = Plan(), "reports/demo.html", 2, 0, 0, FRONT
+        warnings = ["most trials were still improving"]
 
     text = "\n".join(outcome_summary(Outcome()))
     assert "results: results/demo/trials/*.parquet" in text and "reports/demo.html" in text
+    assert "warning: most trials were still improving" in text and "30.5 ± 1.8" in text
 
 
 def test_imports_no_torch_or_ray():

@@ -15,13 +15,15 @@ from dse.store import COLUMN_NAMES, ResultsStore
 BEST_UNDER_2MS = ("SELECT trial_id, fid, latency_per_image_ms FROM trials "
                   "WHERE status='complete' AND latency_per_image_ms < 2 ORDER BY fid LIMIT 1")
 PARETO_POINTS = "SELECT study, trial_id, params, fid, latency_s FROM pareto ORDER BY study, params"
+PARETO_EXTRA = ["pareto_rank", "front_status", "tied_with", "n", "fid_low", "fid_high"]
 COUNTS = "SELECT study, status, count(*) AS n FROM trials GROUP BY study, status ORDER BY study, status"
 
 
 def _row(tid, params=None, fid=None, latency_s=None, status="complete", **kw):
     per_image_ms = None if latency_s is None else latency_s * 100  # as if timed over 1000 images at batch 10
     return {"trial_id": tid, "status": status, "depth": 2, "width": 64, "heads": 2, "params": params, "fid": fid,
-            "latency_s": latency_s, "latency_per_image_ms": per_image_ms, **kw}
+            "latency_s": latency_s, "latency_per_image_ms": per_image_ms,
+            "fid_std": None if fid is None else 0.2, **kw}  # a precise FID: 1 apart is a clear difference
 
 
 # (trial, params, fid, latency_s): latency_per_image_ms = 100 * latency_s.
@@ -64,7 +66,8 @@ def test_pareto_is_each_studys_own_front(results):
     assert list(zip(df["study"], df["trial_id"])) == [("alpha", "a1"), ("alpha", "a2"), ("alpha", "a3"),
                                                       ("beta", "b2"), ("beta", "b1")]
     full = query("SELECT * FROM pareto", results)
-    assert list(full.columns) == [*COLUMN_NAMES, "pareto_rank"] and set(full["pareto_rank"]) == {0}
+    assert list(full.columns) == [*COLUMN_NAMES, *PARETO_EXTRA] and set(full["pareto_rank"]) == {0}
+    assert set(full["front_status"]) == {"front"} and set(full["n"]) == {1}
     assert sorted(query("SELECT trial_id FROM pareto", results, study="beta")["trial_id"]) == ["b1", "b2"]
 
 
@@ -90,7 +93,8 @@ def test_an_empty_results_dir_and_a_study_without_trials_give_empty_views_with_e
         trials = query("SELECT * FROM trials", results_dir, study=study)
         assert trials.empty and list(trials.columns) == list(COLUMN_NAMES)
         front = query("SELECT * FROM pareto", results_dir, study=study)
-        assert front.empty and list(front.columns) == [*COLUMN_NAMES, "pareto_rank"]
+        assert front.empty and list(front.columns) == [*COLUMN_NAMES, *PARETO_EXTRA]
+        assert query("SELECT * FROM points", results_dir, study=study).empty
 
 
 def test_missing_results_dir_and_unknown_study_are_dse_errors(tmp_path, results):
@@ -220,3 +224,42 @@ def test_importing_the_module_loads_no_heavy_library():
     code = ("import sys, dse.query; heavy = {'torch', 'ray', 'pandas', 'duckdb', 'pyarrow'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    """One study of three candidates with three training seeds each (params, latency exact per point):
+    A: FID 20/21/22; B, same size and speed: 21/23/22 (worse on the means, within noise: tied with A);
+    C, same size and speed: 40/41/42 (clearly worse: dominated)."""
+    root = tmp_path / "results"
+    store = ResultsStore(root / "seeded" / "trials")
+    for cid, fids in (("A", (20.0, 21.0, 22.0)), ("B", (21.0, 23.0, 22.0)), ("C", (40.0, 41.0, 42.0))):
+        for seed, fid in enumerate(fids):
+            store.write(_row(f"{cid.lower()}{seed}", 100_000, fid, 0.01, candidate_id=cid, seed=seed))
+    return root
+
+
+def test_points_has_one_row_per_candidate_with_the_interval_of_its_seeds(seeded):
+    df = query("SELECT * FROM points ORDER BY candidate_id", seeded)
+    assert list(df["candidate_id"]) == ["A", "B", "C"] and list(df["n"]) == [3, 3, 3]
+    a = df.iloc[0]
+    assert (a["study"], a["seeds"], a["trial_ids"], a["fid"], a["fid_sd"]) == ("seeded", "0, 1, 2", "a0, a1, a2", 21.0, 1.0)
+    assert a["fid_high"] - 21.0 == pytest.approx(4.302653 / 3**0.5, rel=1e-5)  # t(0.975, 2 df) * sd / sqrt(n)
+    assert list(df["front_status"]) == ["front", "tied", "dominated"]
+    assert list(df["pareto_rank"]) == [0, 1, 2]
+    assert df.iloc[1]["tied_with"] == "A" and pd.isna(df.iloc[2]["tied_with"])
+
+
+def test_pareto_holds_the_rows_of_front_and_tied_points(seeded):
+    df = query("SELECT trial_id, front_status, tied_with, n, fid_low, fid_high, pareto_rank FROM pareto "
+               "ORDER BY trial_id", seeded)
+    assert list(df["trial_id"]) == ["a0", "a1", "a2", "b0", "b1", "b2"]  # C is clearly dominated: not there
+    assert list(df["front_status"]) == ["front"] * 3 + ["tied"] * 3
+    assert list(df["tied_with"].fillna("")) == [""] * 3 + ["A"] * 3
+    assert set(df["n"]) == {3} and list(df["pareto_rank"]) == [0] * 3 + [1] * 3
+    assert (df["fid_low"] < 21.0).all() and (df["fid_high"] > 21.0).all()
+
+
+def test_an_unknown_view_names_all_three(results):
+    with pytest.raises(DseError, match="`points`"):
+        query("SELECT * FROM nothing", results)

@@ -1,4 +1,5 @@
-"""Tests for dse.report: the computed ReportData, the offline HTML page, and the atomic write."""
+"""Tests for dse.report: the computed ReportData (points, the noise-aware front, findings), the offline
+HTML page (error bars, ties, curves, sample grids) and the atomic write."""
 
 from __future__ import annotations
 
@@ -14,17 +15,25 @@ import pandas as pd
 import pytest
 
 from dse.errors import DseError
-from dse.report import compute_report_data, render_html, write_report
+from dse.data.grid import save_png, spaced_grid
+from dse.report import (
+    TIED_LEGEND, compute_report_data, display_width, png_size, render_html, write_report,
+)
 
 NAN = float("nan")
 ERROR = "RuntimeError: loss is NaN <script>alert('x')</script>"
 PROPOSED = {"depth": 4, "width": 96, "heads": 4, "params": 420_000}
 
 
-def _trial(trial_id, depth, width, heads, setup, loss, params, fd, latency_s, status="complete", error=None):
+def _trial(trial_id, depth, width, heads, setup, loss, params, fd, latency_s, status="complete", error=None, **extra):
     complete = status == "complete"
     return {
         "trial_id": trial_id,
+        "candidate_id": extra.pop("candidate_id", trial_id),  # one seed per candidate unless told
+        "seed": extra.pop("seed", 0),
+        "steps": 600,
+        "guidance": 1.5,
+        "variant": f"{setup}-{loss}",
         "status": status,
         "error": error,
         "depth": depth,
@@ -41,76 +50,95 @@ def _trial(trial_id, depth, width, heads, setup, loss, params, fd, latency_s, st
         "latency_device": "cpu" if complete else None,
         "latency_batch": 64 if complete else None,
         "latency_num_images": 256 if complete else None,
+        **extra,
     }
 
 
 @pytest.fixture
 def df() -> pd.DataFrame:
-    """Six trials, fronts worked out by hand over (params, fd, latency_s)."""
+    """Six trials of one seed each, FID known to +-0.5 (its bootstrap SD 0.25), fronts worked out by hand
+    over (params, fid, latency_s); params and one row's latency are exact."""
     return pd.DataFrame(
         [
-            _trial("t-worse", 5, 96, 6, "get", "lpips", 480_000, 14.0, 0.60),  # dominated by t-rule-b -> rank 2
-            _trial("t-rule-b", 4, 96, 4, "dmd", "l1", 420_000, 12.0, 0.50),  # dominated by t-rule-a -> rank 1
-            _trial("t-fast", 2, 128, 8, "mi1", "l2", 450_000, 13.0, 0.20),  # fastest: front
+            _trial("t-worse", 5, 96, 6, "get", "lpips", 480_000, 14.0, 0.60, fid_std=0.25),  # clearly dominated
+            _trial("t-rule-b", 4, 96, 4, "dmd", "l1", 420_000, 11.2, 0.50, fid_std=0.25),  # rank 1, within noise of t-rule-a
+            _trial("t-fast", 2, 128, 8, "mi1", "l2", 450_000, 13.0, 0.20, fid_std=0.25),  # fastest: front
             _trial("t-fail", 8, 48, 4, "get", "l2", 410_000, NAN, NAN, status="failed", error=ERROR),
-            _trial("t-rule-a", 4, 96, 4, "get", "l2", 420_000, 11.0, 0.50),  # best fd: front
-            _trial("t-small", 3, 64, 4, "ta", "l2", 300_000, 15.0, 0.30),  # smallest: front
+            _trial("t-rule-a", 4, 96, 4, "get", "l2", 420_000, 11.0, 0.50, fid_std=0.25),  # best fid: front
+            _trial("t-small", 3, 64, 4, "ta", "l2", 300_000, 15.0, 0.30, fid_std=0.25),  # smallest: front
         ]
     )
+
+
+def _seeds(candidate, depth, width, heads, fids, *, params, latency, loss="l2", **extra) -> list[dict]:
+    """The rows of one candidate trained with seeds 0, 1, ...: one FID each, latency one value or one per seed."""
+    latencies = latency if isinstance(latency, list) else [latency] * len(fids)
+    return [_trial(f"{candidate}-s{seed}", depth, width, heads, "get", loss, params, fid, lat,
+                   candidate_id=candidate, seed=seed, **extra) for seed, (fid, lat) in enumerate(zip(fids, latencies))]
+
+
+@pytest.fixture
+def seeded() -> pd.DataFrame:
+    """Three candidates of three seeds each: a is best in FID; b has a's size, and is worse in FID and
+    latency on the means but not clearly (tied); c is bigger, slower and clearly worse (dominated)."""
+    return pd.DataFrame(
+        _seeds("a", 4, 48, 6, [30.0, 31.0, 32.0], params=200_000, latency=[0.10, 0.12, 0.14])
+        + _seeds("b", 8, 24, 4, [28.0, 33.0, 38.0], params=200_000, latency=[0.11, 0.13, 0.15])
+        + _seeds("c", 2, 64, 8, [50.0, 51.0, 52.0], params=220_000, latency=0.30)
+    )
+
 
 
 # ---------------------------------------------------------------------------------------------
 # compute_report_data
 
 
-def test_front_ranks_and_order(df):
+def test_points_front_ties_and_plain_ranks(df):
     data = compute_report_data(df, proposed=PROPOSED)
     assert data.front_ids == ("t-small", "t-rule-a", "t-fast")  # sorted by params
-    by_id = {t.trial_id: t for t in data.trials}
-    assert {i: t.rank for i, t in by_id.items()} == {
-        "t-small": 0,
-        "t-rule-a": 0,
-        "t-fast": 0,
-        "t-rule-b": 1,
-        "t-worse": 2,
-        "t-fail": None,
-    }
-    assert [t.trial_id for t in data.trials] == ["t-small", "t-fail", "t-rule-a", "t-rule-b", "t-fast", "t-worse"]
-    assert [t.on_front for t in data.trials] == [True, False, True, False, True, False]
+    by_id = {p.candidate_id: p for p in data.points}
+    assert set(by_id) == {"t-small", "t-rule-a", "t-rule-b", "t-fast", "t-worse"}  # the failed trial is no point
+    assert {i: p.rank for i, p in by_id.items()} == {"t-small": 0, "t-rule-a": 0, "t-fast": 0, "t-rule-b": 1, "t-worse": 2}
+    # 11.2 vs 11.0 with SDs 0.25: within noise, so t-rule-b is tied with the front, not dominated
+    assert data.tied_ids == ("t-rule-b",) and by_id["t-rule-b"].tied_with == ("t-rule-a",)
+    worse = by_id["t-worse"]
+    assert worse.front_status == "dominated" and set(worse.dominated_by) == {"t-rule-a", "t-rule-b", "t-fast"}
+    assert [p.candidate_id for p in data.points] == ["t-small", "t-rule-a", "t-rule-b", "t-fast", "t-worse"]
 
 
-def test_proposed_marks_every_trial_of_its_architecture(df):
+def test_seeds_group_into_points_with_intervals(seeded):
+    data = compute_report_data(seeded)
+    a, b, c = data.points
+    assert (a.candidate_id, a.n, a.seeds, a.trial_ids) == ("a", 3, (0, 1, 2), ("a-s0", "a-s1", "a-s2"))
+    fid = a.estimates["fid"]
+    assert fid.mean == pytest.approx(31.0) and fid.known
+    # t interval of the mean of 30, 31, 32: 31 +- t(0.975, 2) * 1 / sqrt(3) = 31 +- 2.484
+    assert (fid.low, fid.high) == (pytest.approx(31 - 2.484, abs=1e-3), pytest.approx(31 + 2.484, abs=1e-3))
+    assert [p.front_status for p in data.points] == ["front", "tied", "dominated"]
+    assert b.tied_with == ("a",) and set(c.dominated_by) == {"a", "b"}
+    assert (data.n_complete, len(data.points)) == (9, 3)
+
+
+def test_proposed_marks_every_point_of_its_architecture(df):
     data = compute_report_data(df, proposed=PROPOSED)
     assert (data.proposed.depth, data.proposed.width, data.proposed.heads) == (4, 96, 4)
     assert data.proposed.params == 420_000 and data.proposed.name == "d4-w96-h4"
-    assert data.proposed_ids == ("t-rule-a", "t-rule-b")
-    assert data.proposed_matched
-    assert [t.trial_id for t in data.trials if t.is_proposed] == ["t-rule-a", "t-rule-b"]
+    assert data.proposed_ids == ("t-rule-a", "t-rule-b") and data.proposed_matched
 
 
 def test_proposed_absent_or_untrained(df):
     assert compute_report_data(df).proposed is None
     untrained = compute_report_data(df, proposed={"depth": 6, "width": 80, "heads": 4, "params": 430_000})
     assert untrained.proposed_ids == () and not untrained.proposed_matched
-    assert not any(t.is_proposed for t in untrained.trials)
-    other_heads = compute_report_data(df, proposed={**PROPOSED, "heads": 6})  # depth and width match t-rule-*
-    assert other_heads.proposed_ids == ()
+    assert compute_report_data(df, proposed={**PROPOSED, "heads": 6}).proposed_ids == ()
 
 
-def test_failed_trial_record(df):
+def test_failed_trial_is_listed_not_plotted(df):
     data = compute_report_data(df)
-    failed = next(t for t in data.trials if t.trial_id == "t-fail")
-    assert failed.status == "failed" and failed.error == ERROR
-    assert failed.values == {"params": 410_000, "fid": None, "latency_s": None}
-    assert failed.params == 410_000 and failed.name == "d8-w48-h4"
-    assert (data.n_complete, data.n_failed) == (5, 1)
-
-
-def test_record_fields(df):
-    rule_a = next(t for t in compute_report_data(df).trials if t.trial_id == "t-rule-a")
-    assert (rule_a.depth, rule_a.width, rule_a.heads, rule_a.setup, rule_a.loss) == (4, 96, 4, "get", "l2")
-    assert rule_a.values == {"params": 420_000, "fid": 11.0, "latency_s": 0.5}
-    assert rule_a.error is None
+    [failed] = data.unfinished
+    assert failed.trial_id == "t-fail" and failed.status == "failed" and failed.error == ERROR
+    assert failed.name == "d8-w48-h4" and failed.params == 410_000
+    assert (data.n_complete, data.n_failed, data.n_stopped) == (5, 1, 0)
 
 
 def test_objective_labels_and_provenance(df):
@@ -121,28 +149,36 @@ def test_objective_labels_and_provenance(df):
         ("fid", "FID (lower is better)"),
         ("latency_s", "latency (s for 256 images)"),
     ]
-    # The failed row leaves the count columns empty (float); the lines still print whole numbers.
     assert data.provenance == ("fid: clf-v1 vs digits:train:1797, 2000 samples", "latency: cpu, batch 64, 256 images")
 
 
 def test_provenance_lists_each_distinct_setting(df):
     df.loc[df["trial_id"] == "t-fast", "latency_device"] = "cuda:0"
+    df["fid_bootstrap"] = 100
     data = compute_report_data(df)
     assert "latency: cpu, batch 64, 256 images" in data.provenance
     assert "latency: cuda:0, batch 64, 256 images" in data.provenance
+    assert "fid interval of one trial: bootstrap of its generated samples, 100 resamplings" in data.provenance
 
 
-def test_missing_provenance_columns_give_no_lines(df):
-    data = compute_report_data(df[["trial_id", "status", "depth", "width", "heads", "params", "fid", "latency_s"]])
-    assert data.provenance == ()
-    assert data.objectives[2].label == "latency (s for N images)"
+def test_an_old_store_without_the_new_columns_says_no_interval(df):
+    old = df[["trial_id", "status", "error", "depth", "width", "heads", "setup", "loss", "params", "fid", "latency_s"]]
+    data = compute_report_data(old)
+    assert data.provenance == () and data.objectives[2].label == "latency (s for N images)"
+    assert len(data.points) == 5 and all(p.n == 1 and not p.estimates["fid"].known for p in data.points)
+    # rows without a candidate_id group by what they trained; with no FID interval no FID is clearly
+    # worse than another, so the points off the front of the means are tied with it, none dominated
+    assert [(p.name, p.setup) for p in data.points if p.tied] == [("d4-w96-h4", "dmd"), ("d5-w96-h6", "get")]
+    assert not any(p.front_status == "dominated" for p in data.points)
+    page = render_html(data)
+    assert "11.0 (no interval)" in page and "Trials that did not complete" in page
 
 
 def test_empty_frames():
     for empty in (pd.DataFrame(), pd.DataFrame(columns=["trial_id", "status", "params", "fid", "latency_s"])):
         data = compute_report_data(empty, proposed=PROPOSED)
-        assert data.trials == () and data.front_ids == () and data.proposed_ids == ()
-        assert (data.n_complete, data.n_failed) == (0, 0)
+        assert data.points == () and data.trials == () and data.front_ids == () and data.proposed_ids == ()
+        assert (data.n_complete, data.n_failed) == (0, 0) and data.findings == ()
 
 
 def test_single_trial_is_the_front(df):
@@ -170,38 +206,6 @@ def page(df) -> str:
     return render_html(compute_report_data(df, proposed=PROPOSED, title="digits <0.42M>"))
 
 
-def test_plotly_is_inlined_once_and_there_are_four_plots(page):
-    assert len(BUNDLE.findall(page)) == 1
-    assert page.count('class="plotly-graph-div"') == 4
-    assert page.count("Plotly.newPlot(") == 4
-
-
-def test_page_loads_nothing_from_the_network(page):
-    assert not re.search(r"<script[^>]*\bsrc=", page)
-    assert not re.search(r"<link\b", page)
-    # The inlined bundle mentions URLs in strings it never fetches for scatter plots; the rest of the
-    # page (markup, styles, plot data and calls) must name none.
-    outside_bundle = BUNDLE.sub("", page)
-    assert "http://" not in outside_bundle and "https://" not in outside_bundle
-
-
-def test_table_lists_every_trial_sorted_by_params_with_front_rows_marked(page):
-    table = page[page.index("<table") :]
-    rows = re.findall(r'<tr class="([^"]*)"><td class="id">([^<]*)</td>', table)
-    assert [trial_id for _, trial_id in rows] == ["t-small", "t-fail", "t-rule-a", "t-rule-b", "t-fast", "t-worse"]
-    assert [trial_id for classes, trial_id in rows if "front" in classes.split()] == ["t-small", "t-rule-a", "t-fast"]
-    assert [trial_id for classes, trial_id in rows if "failed" in classes.split()] == ["t-fail"]
-    # Counts with separators; each metric column with the decimals that give its smallest value 3 digits.
-    assert '<td class="num">420,000</td><td class="num">11.0</td><td class="num">0.500</td>' in table
-    assert '<td class="num">410,000</td><td class="num">–</td><td class="num">–</td>' in table  # failed
-
-
-def test_error_text_and_title_are_escaped(page):
-    assert "<script>alert(" not in page
-    assert html.escape(ERROR) in page
-    assert "digits <0.42M>" not in page and "digits &lt;0.42M&gt;" in page
-
-
 def _plots(page: str) -> list[tuple[list[dict], dict]]:
     """The (traces, layout) of each Plotly.newPlot call in the page."""
     decoder, plots = json.JSONDecoder(), []
@@ -213,38 +217,100 @@ def _plots(page: str) -> list[tuple[list[dict], dict]]:
     return plots
 
 
-def test_trial_ids_and_names_are_escaped(df):
-    df.loc[df["trial_id"] == "t-small", ["trial_id", "setup"]] = ["t&<small>", "get<i>"]
+def _points_table(page: str) -> str:
+    start = page.index("<h2>Points</h2>")
+    return page[start : page.index("</table>", start)]
+
+
+def test_plotly_is_inlined_once_and_there_are_four_plots(page):
+    assert len(BUNDLE.findall(page)) == 1
+    assert page.count('class="plotly-graph-div"') == 4  # no trial stored a curve: no fifth plot
+    assert page.count("Plotly.newPlot(") == 4
+
+
+def test_page_loads_nothing_from_the_network(page):
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert not re.search(r"<link\b", page)
+    outside_bundle = BUNDLE.sub("", page)
+    assert "http://" not in outside_bundle and "https://" not in outside_bundle
+
+
+def test_the_confidence_and_what_tied_means_are_stated_once_at_the_top(page):
+    header = page[page.index("<header>") : page.index("</header>")]
+    assert "95% confidence interval" in header and "tied with the front" in header
+    assert page.count('class="confidence"') == 1
+
+
+def test_table_has_one_line_per_point_with_interval_status_and_plain_rank(page):
+    table = _points_table(page)
+    rows = re.findall(r'<tr class="([^"]*)"><td class="id">([^<]*)</td>', table)
+    assert [i for _, i in rows] == ["t-small", "t-rule-a", "t-rule-b", "t-fast", "t-worse"]
+    assert [i for c, i in rows if "front" in c.split()] == ["t-small", "t-rule-a", "t-fast"]
+    assert [i for c, i in rows if "tied" in c.split()] == ["t-rule-b"]
+    # FID 11.0 +- 1.96 * 0.25 (one seed, its bootstrap SD); the latency of one row is exact
+    assert '<td class="num">420,000</td><td class="num">11.0 [10.5, 11.5]</td><td class="num">0.500</td>' in table
+    row = lambda i: table[table.index(f">{i}<") :].split("</tr>")[0]  # noqa: E731
+    assert '<td class="status">tied with d4-w96-h4 get·l2</td><td class="num">1</td>' in row("t-rule-b")
+    assert '<td class="status">dominated by ' in row("t-worse") and '<td class="num">2</td>' in row("t-worse")
+    assert '<td class="status">front</td><td class="num">0</td>' in row("t-small")
+    assert "<td>get</td><td>l2</td><td>get-l2</td>" in row("t-rule-a")  # setup, loss, variant
+    assert '<td class="num">600</td><td class="num">1.5</td><td class="num">1</td><td>0</td>' in row("t-rule-a")
+
+
+def test_seeded_points_show_n_seeds_intervals_and_error_bars(seeded):
+    seeded["label_agreement"] = 0.9
+    seeded["still_improving"] = [True, True, False] * 3
+    page = render_html(compute_report_data(seeded))
+    table = _points_table(page)
+    row = table[table.index('<td class="id">a</td>') :].split("</tr>")[0]
+    assert '<td class="num">3</td><td>0, 1, 2</td>' in row and '<td class="num">31.0 [28.5, 33.5]</td>' in row
+    assert '<td class="num">0.90</td><td>2 of 3 seeds</td>' in row
+    assert "6 of 9 trials were still improving when training stopped" in page  # dse.convergence's warning
+    for traces, _ in _plots(page)[1:2]:  # params vs FID
+        by_name = {t["name"]: t for t in traces}
+        front = by_name["Pareto front"]
+        assert front["error_y"]["array"] == [pytest.approx(2.484, abs=1e-3)]
+        assert front["error_y"]["arrayminus"] == [pytest.approx(2.484, abs=1e-3)] and front["error_y"]["symmetric"] is False
+        assert "error_x" not in front  # params is exact
+        tied = by_name[TIED_LEGEND]
+        assert tied["marker"]["symbol"] != front["marker"]["symbol"] and len(tied["x"]) == 1
+        assert "tied with d4-w48-h6 · plain rank 1" in tied["hovertext"][0]
+
+
+def test_error_text_and_title_are_escaped(page):
+    assert "<script>alert(" not in page
+    assert html.escape(ERROR) in page
+    assert "digits <0.42M>" not in page and "digits &lt;0.42M&gt;" in page
+
+
+def test_ids_and_names_are_escaped(df):
+    df.loc[df["trial_id"] == "t-small", ["trial_id", "candidate_id", "setup"]] = ["t&<small>", "t&<small>", "get<i>"]
     page = render_html(compute_report_data(df))
     assert "t&<small>" not in page and "get<i>" not in page
     assert '<td class="id">t&amp;&lt;small&gt;</td>' in page and "<td>get&lt;i&gt;</td>" in page
 
 
-def test_plots_show_front_design_rule_and_hover_names(page):
+def test_plots_show_front_tied_design_rule_and_hover_names(page):
     plots = _plots(page)
     assert len(plots) == 4
     for traces, _ in plots:
         by_name = {t["name"]: t for t in traces}
-        assert set(by_name) == {"other trials", "Pareto front", "design rule"}
-        assert by_name["Pareto front"]["marker"]["symbol"] != by_name["other trials"]["marker"]["symbol"]
-        assert by_name["Pareto front"]["marker"]["color"] != by_name["other trials"]["marker"]["color"]
-        assert len(by_name["Pareto front"]["hovertext"]) == 3 and len(by_name["other trials"]["hovertext"]) == 2
+        assert set(by_name) == {"other points", TIED_LEGEND, "Pareto front", "design rule"}
+        assert by_name["Pareto front"]["marker"]["symbol"] != by_name["other points"]["marker"]["symbol"]
+        assert by_name[TIED_LEGEND]["marker"]["symbol"] != by_name["Pareto front"]["marker"]["symbol"]
+        assert len(by_name["Pareto front"]["hovertext"]) == 3 and len(by_name["other points"]["hovertext"]) == 1
         rule = by_name["design rule"]
         assert "design rule" in rule["text"]
-        assert [h.split("<br>")[:2] for h in rule["hovertext"]] == [
-            ["<b>d4-w96-h4</b>  get · l2", "t-rule-a"],
-            ["<b>d4-w96-h4</b>  dmd · l1", "t-rule-b"],
-        ]
+        assert [h.split("<br>")[0] for h in rule["hovertext"]] == ["<b>d4-w96-h4</b>  get·l2", "<b>d4-w96-h4</b>  dmd·l1"]
     scatter3d, params_fd, params_latency, latency_fd = plots
     front = {t["name"]: t for t in params_fd[0]}["Pareto front"]
     assert sorted(zip(front["x"], front["y"])) == [(300_000, 15.0), (420_000, 11.0), (450_000, 13.0)]
-    front = {t["name"]: t for t in scatter3d[0]}["Pareto front"]
-    assert sorted(zip(front["x"], front["y"], front["z"])) == [
-        (300_000, 15.0, 0.3),
-        (420_000, 11.0, 0.5),
-        (450_000, 13.0, 0.2),
+    assert front["error_y"]["array"] == [pytest.approx(1.96 * 0.25, abs=1e-3)] * 3
+    front3d = {t["name"]: t for t in scatter3d[0]}["Pareto front"]
+    assert sorted(zip(front3d["x"], front3d["y"], front3d["z"])) == [
+        (300_000, 15.0, 0.3), (420_000, 11.0, 0.5), (450_000, 13.0, 0.2),
     ]
-    assert scatter3d[0][0]["type"] == "scatter3d"
+    assert scatter3d[0][0]["type"] == "scatter3d" and "error_y" in front3d
     axis_titles = [
         [scatter3d[1]["scene"][f"{k}axis"]["title"]["text"] for k in "xyz"],
         *([layout[f"{k}axis"]["title"]["text"] for k in "xy"] for _, layout in (params_fd, params_latency, latency_fd)),
@@ -254,7 +320,8 @@ def test_plots_show_front_design_rule_and_hover_names(page):
 
 
 def test_header_gives_counts_design_rule_and_provenance(page):
-    assert "6 trials: 5 complete, 1 failed · 3 on the Pareto front" in page
+    assert "6 trials: 5 complete, 1 failed · 5 points" in page
+    assert "3 on the Pareto front of params, FID, latency (all minimised), 1 tied with it" in page
     assert "d4-w96-h4, 420,000 params; trained as t-rule-a, t-rule-b" in page
     assert "fid: clf-v1 vs digits:train:1797, 2000 samples" in page
 
@@ -265,21 +332,99 @@ def test_untrained_design_rule_is_named_and_drawn_at_its_params(df):
     plots = _plots(page)
     assert not any(t["name"] == "design rule" for traces, _ in plots for t in traces)
     notes = [[a["text"] for a in layout.get("annotations", ())] for _, layout in plots]
-    marked = ["design rule (not trained)" in texts for texts in notes]
-    assert marked == [False, True, True, False]  # the two 2-D plots with a params axis
+    assert ["design rule (not trained)" in texts for texts in notes] == [False, True, True, False]
 
 
-def test_no_complete_trial_renders_a_note_and_the_table(df):
-    page = render_html(compute_report_data(df[df["status"] == "failed"]))
-    assert "nothing to plot" in page
+def test_failed_and_stopped_rows_only_render_a_note_and_their_errors(df):
+    rows = df[df["status"] == "failed"].copy()
+    stopped = rows.assign(trial_id="t-stop", status="stopped", error=None)
+    page = render_html(compute_report_data(pd.concat([rows, stopped])))
+    assert "nothing to plot" in page and "No trial completed: no points yet" in page
     assert "plotly-graph-div" not in page and not BUNDLE.search(page)
-    assert ">t-fail<" in page and html.escape(ERROR) in page
+    assert "Trials that did not complete" in page and ">t-fail<" in page and ">t-stop<" in page
+    assert html.escape(ERROR) in page and "1 failed, 1 stopped" in page
 
 
 def test_empty_report_renders():
     page = render_html(compute_report_data(pd.DataFrame(), title="empty study"))
     assert "No trials in the results yet" in page and "empty study" in page
     assert "plotly-graph-div" not in page
+
+
+def test_training_curves_are_one_log_scale_plot(df):
+    df["loss_curve"] = None
+    df.loc[df["trial_id"] == "t-rule-a", "loss_curve"] = "[[0, 1.0], [50, 0.4], [100, 0.2]]"
+    df.loc[df["trial_id"] == "t-fail", "loss_curve"] = "[[0, 1.0], [50, 2.0]]"  # a failed trial's curve is shown too
+    df.loc[df["trial_id"] == "t-fast", "loss_curve"] = "garbage"
+    page = render_html(compute_report_data(df))
+    traces, layout = _plots(page)[4]
+    assert layout["yaxis"]["type"] == "log" and layout["xaxis"]["title"]["text"] == "step"
+    assert sorted((t["hovertext"], t["x"], t["y"]) for t in traces) == [
+        ("t-fail", [0, 50], [1.0, 2.0]), ("t-rule-a", [0, 50, 100], [1.0, 0.4, 0.2]),
+    ]
+    assert len(BUNDLE.findall(page)) == 1
+
+
+def test_curves_alone_still_inline_plotly(df):
+    rows = df[df["status"] == "failed"].assign(loss_curve="[[0, 1.0], [10, 0.5]]")
+    page = render_html(compute_report_data(rows))
+    assert len(BUNDLE.findall(page)) == 1 and page.count("Plotly.newPlot(") == 1
+
+
+def test_findings_are_a_section_of_the_report(seeded):
+    rows = pd.DataFrame(
+        _seeds("l", 4, 48, 6, [18.0, 18.5, 19.0], params=200_000, latency=0.1, loss="lpips")
+        + _seeds("m", 4, 48, 6, [42.0, 42.5, 43.0], params=200_000, latency=0.1, loss="l2")
+    )
+    page = render_html(compute_report_data(rows))
+    section = page[page.index("<h2>Findings") :]
+    assert '<td class="verdict holds">holds</td>' in section and "<b>losses</b>" in section
+    assert "lpips &lt; l2: holds" in section and "paper Table 1" in section
+    assert "None of the paper's principles can be checked" in render_html(compute_report_data(seeded.iloc[:3]))
+
+
+# ---------------------------------------------------------------------------------------------
+# sample grids
+
+
+def test_display_width_makes_each_sample_at_least_32_pixels():
+    assert display_width((102, 102), rows=10) == 408  # 10 rows of 8x8 plus 2-pixel gaps: cells ~10 px -> 4x
+    assert display_width((340, 340), rows=10) == 340  # already 34 px a cell
+    assert display_width(None, rows=10) is None
+
+
+def test_png_size_reads_the_header(tmp_path):
+    pic = spaced_grid(__import__("numpy").zeros((80, 48, 1), "uint8"), 8, gap=2)
+    path = save_png(tmp_path / "g.png", pic)
+    assert png_size(path.read_bytes()) == (pic.shape[1], pic.shape[0]) and png_size(b"\x89PNG") is None
+
+
+def test_sample_grids_are_shown_large_pixelated_and_a_missing_one_is_a_dash(df, tmp_path):
+    import base64
+
+    import numpy as np
+
+    grid = spaced_grid(np.random.default_rng(0).integers(0, 255, (80, 48, 1), dtype=np.uint8), 8, gap=2)
+    png = save_png(tmp_path / "samples.png", grid)  # 10 classes x 6 columns of 8x8, unscaled
+    df["samples_png"] = None
+    df.loc[df["trial_id"] == "t-small", "samples_png"] = str(png)
+    df.loc[df["trial_id"] == "t-fast", "samples_png"] = str(tmp_path / "gone.png")
+    df["num_classes"] = 10
+    page = render_html(compute_report_data(df, proposed=PROPOSED))
+    imgs = re.findall(r'<img class="samples"[^>]*style="width: (\d+)px"[^>]* src="data:image/png;base64,([^"]+)"', page)
+    assert [(int(w), base64.b64decode(u)) for w, u in imgs] == [(grid.shape[1] * 4, png.read_bytes())]
+    assert "image-rendering: pixelated" in page
+    table = _points_table(page)
+    assert table.count('<a href="#samples-t-small">grid</a>') == 1 and 'id="samples-t-small"' in page
+
+
+def test_a_row_naming_a_file_that_is_not_a_png_inlines_nothing(df, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a private file a tampered row points at")
+    df["samples_png"] = None
+    df.loc[df.index[0], "samples_png"] = str(secret)
+    page = render_html(compute_report_data(df, proposed=PROPOSED))
+    assert '<img class="samples"' not in page and "a tampered row points at" not in page
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,40 +459,17 @@ def test_write_report_replaces_atomically(df, tmp_path, monkeypatch):
     assert ">t-small<" in path.read_text(encoding="utf-8")
 
 
-def test_write_report_of_an_empty_frame(tmp_path):
-    path = write_report(pd.DataFrame(), tmp_path / "empty.html")
+def test_write_report_of_an_empty_store_frame(tmp_path):
+    from dse.store import schema
+
+    path = write_report(schema().empty_table().to_pandas(), tmp_path / "empty.html")
     assert "No trials in the results yet" in path.read_text(encoding="utf-8")
 
 
 def test_importing_the_modules_loads_no_heavy_library():
-    code = "import sys, dse.report, dse.pareto; print(sorted({'plotly', 'pandas', 'torch', 'ray'} & set(sys.modules)))"
+    code = ("import sys, dse.report, dse.pareto, dse.findings, dse.stats; "
+            "print(sorted({'plotly', 'pandas', 'torch', 'ray', 'scipy'} & set(sys.modules)))")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-def test_sample_grids_are_inlined_and_a_missing_one_is_a_dash(df, tmp_path):
-    import base64
-
-    png = tmp_path / "samples.png"
-    png.write_bytes(b"\x89PNG\r\n\x1a\nnot-really-an-image")
-    df = df.copy()
-    df["samples_png"] = None
-    df.loc[df.index[0], "samples_png"] = str(png)
-    df.loc[df.index[1], "samples_png"] = str(tmp_path / "gone.png")
-    page = render_html(compute_report_data(df, proposed=PROPOSED))
-    uris = re.findall(r'<img class="samples"[^>]* src="data:image/png;base64,([^"]+)"', page)
-    assert [base64.b64decode(u) for u in uris] == [png.read_bytes()]  # only the grid that exists, unchanged
-    rows = re.findall(r"<tr class=[^>]*>(.*?)</tr>", page, re.S)
-    assert len(rows) == len(df) and sum("data:image/png" in r for r in rows) == 1
-
-
-def test_a_row_naming_a_file_that_is_not_a_png_inlines_nothing(df, tmp_path):
-    secret = tmp_path / "secret.txt"
-    secret.write_text("a private file a tampered row points at")
-    df = df.copy()
-    df["samples_png"] = None
-    df.loc[df.index[0], "samples_png"] = str(secret)
-    page = render_html(compute_report_data(df, proposed=PROPOSED))
-    assert "<img class=\"samples\"" not in page and "a tampered row points at" not in page

@@ -488,3 +488,29 @@ def test_a_preflighted_plan_is_run_as_it_is_and_a_config_is_planned_once(cfg, ex
     assert study_mod.run_study(plan).num_complete == 4 and planned == []
     study_mod.run_study(cfg)
     assert planned == ["tiny"]
+
+
+def test_the_outcome_front_is_the_noise_aware_points_with_their_intervals_and_warnings(cfg, monkeypatch):
+    """Rows of three candidates: A (two seeds, FID 20 and 22), B (one seed, FID 21.5 +- 1: worse than A on the
+    means, within noise: tied), C (FID 60 +- 0.5: clearly dominated); same size and speed. Every trial was
+    still improving, so the outcome warns."""
+    monkeypatch.setattr(study_mod, "write_study_report", lambda plan, df=None: plan.report_path)
+    plan = study_mod.plan_study(cfg)
+    store = plan.store
+    arch = {"depth": 2, "width": 16, "heads": 2}
+    for i, (cid, seed, fid, std) in enumerate([("A", 1, 22.0, None), ("A", 0, 20.0, None), ("B", 0, 21.5, 1.0),
+                                               ("C", 0, 60.0, 0.5)]):
+        store.write(_row(cfg, i, candidate_id=cid, seed=seed, fid=fid, fid_std=std, still_improving=True,
+                         loss_trend=-0.1, **arch))
+    outcome = study_mod._finish(plan, skipped=0)
+    assert outcome.num_complete == 4
+    assert [p["candidate_id"] for p in outcome.front] == ["A", "B"]  # C is clearly dominated: not on it
+    a, b = outcome.front
+    assert a["trial_id"] == _ids(cfg)[1]  # the first seed's trial
+    assert (a["n"], a["fid"], a["front_status"], a["tied_with"]) == (2, 21.0, "front", [])
+    # two seeds: t(0.975, 1 df) = 12.7062 times the SD of 20 and 22 (sqrt 2) over sqrt 2
+    assert a["fid_high"] - 21.0 == pytest.approx(12.7062, rel=1e-4)
+    assert (b["n"], b["front_status"], b["tied_with"]) == (1, "tied", ["A"])
+    assert b["fid_low"] == pytest.approx(21.5 - 1.959964, rel=1e-5)  # one row: its own SD, normal quantile
+    assert set(a) == set(study_mod.FRONT_KEYS)
+    assert outcome.warnings and "still improving" in outcome.warnings[0]

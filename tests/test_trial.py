@@ -1,5 +1,6 @@
 import dataclasses
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -34,8 +35,15 @@ def test_a_trial_gives_a_complete_row_with_provenance(tiny_pairs, tmp_path):
     assert row["latency_s"] > 0 and row["latency_num_images"] == 256 and row["latency_batch"] == 128
     assert row["latency_device"] == "cpu" and row["pairs_num"] == 512
     assert "train" in events and "quality" in events
+    curve = json.loads(row["loss_curve"])  # 20 steps: a point at each (training curves have up to ~100 points)
+    assert [s for s, _ in curve] == list(range(1, 21)) and all(l > 0 for _, l in curve)
+    assert curve[-1][1] == pytest.approx(row["final_loss"], rel=1e-5)  # the last point is the last step's loss
+    assert isinstance(row["still_improving"], bool) and (row["loss_trend"] is None or row["loss_trend"] > -1)
+    assert row["candidate_id"] == spec.candidate_id
     ResultsStore(tmp_path).write(row)  # the row fits the store schema
     assert ResultsStore(tmp_path).completed_ids() == {spec.trial_id}
+    stored = ResultsStore(tmp_path).read().iloc[0]
+    assert stored["loss_curve"] == row["loss_curve"] and bool(stored["still_improving"]) == row["still_improving"]
 
 
 def test_trial_ids_depend_on_what_shapes_the_row():
@@ -44,6 +52,31 @@ def test_trial_ids_depend_on_what_shapes_the_row():
     assert a.trial_id != tiny_spec("/p", arch=StudentArch(2, 16, 4)).trial_id
     assert a.trial_id != tiny_spec("/p", train=dataclasses.replace(a.train, steps=21)).trial_id
     assert a.trial_id.startswith("d2-w16-h2-get-l2-")
+
+
+# The id of tiny_spec("/p") computed by the code before issue 12 (git HEAD then): a study stored before
+# seeds, candidate ids and eval.fid_bootstrap existed keeps its trial ids, so it resumes.
+ID_BEFORE_ISSUE_12 = "d2-w16-h2-get-l2-16bc0a48"
+
+
+def test_trial_ids_of_stored_studies_do_not_change():
+    a = tiny_spec("/p")
+    assert a.trial_id == ID_BEFORE_ISSUE_12
+    other = dataclasses.replace(a.eval, fid_bootstrap=0)  # a key added later, set away from its default: a new id
+    assert tiny_spec("/p", eval=other).trial_id != ID_BEFORE_ISSUE_12
+
+
+def test_every_seed_of_a_candidate_has_its_own_trial_id_and_one_candidate_id():
+    a = tiny_spec("/p")
+    seeds = [tiny_spec("/p", train=dataclasses.replace(a.train, seed=s)) for s in (0, 1, 2)]
+    assert len({s.trial_id for s in seeds}) == 3
+    assert {s.candidate_id for s in seeds} == {a.candidate_id}
+    assert a.candidate_id != a.trial_id and a.candidate_id.startswith("d2-w16-h2-get-l2-")
+    # anything else that shapes the row is another candidate
+    assert tiny_spec("/p", train=dataclasses.replace(a.train, steps=21)).candidate_id != a.candidate_id
+    assert tiny_spec("/p", arch=StudentArch(2, 16, 4)).candidate_id != a.candidate_id
+    assert tiny_spec("/p", eval=dataclasses.replace(a.eval, guidance=1.0)).candidate_id != a.candidate_id
+    assert tiny_spec("/p", study="x", device="cuda", variant="v").candidate_id == a.candidate_id
 
 
 def test_a_failing_trial_is_a_failed_row_not_an_exception(tmp_path):

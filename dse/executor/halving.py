@@ -1,10 +1,16 @@
 """Owns successive halving under Ray Tune: `HalvingScheduler`, a Tune scheduler that asks
 `dse.search.SuccessiveHalving` at every training report and stops the trials it rejects, and
 `halving_group`, which trials' losses it compares.
+
+Halving compares candidates, not training seeds: the seeds of one candidate (`TrialSpec.candidate_id`)
+are one entry of the halving, the first of them to reach a rung stands for the candidate there, and
+its other seeds follow that decision (all go on, or all stop at their next report). Seeds compared
+with each other would stop every seed but the luckiest one, leaving one biased row per candidate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -33,11 +39,13 @@ class HalvingScheduler(FIFOScheduler):
         if result.get("phase") != PHASE_TRAIN:
             return TrialScheduler.CONTINUE
         tid = trial.config["trial_id"]
-        total = int(result["total_steps"])
-        stop = self.halving.observe(tid, halving_group(self.specs[tid], total), params=result["params"],
+        spec, total = self.specs[tid], int(result["total_steps"])
+        stop = self.halving.observe(spec.candidate_id, halving_group(spec, total), params=result["params"],
                                     step=int(result["step"]), total_steps=total, loss=result["loss"])
         if stop is None:
             return TrialScheduler.CONTINUE
+        # the candidate's decision, at this seed's own report
+        stop = dataclasses.replace(stop, trial_id=tid, step=int(result["step"]), loss=result["loss"])
         self.on_stop(tid, stop, result)
         return TrialScheduler.STOP
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from dse.config import TrainConfig
@@ -122,4 +123,46 @@ def test_a_trial_checkpoint_keeps_the_keys_users_have_on_disk(tiny_pairs, tmp_pa
     train_student(DiT(StudentArch(1, 16, 2), G), PairStore.open(tiny_pairs), cfg, torch.device("cpu"),
                   checkpoint_dir=tmp_path)
     state = load_checkpoint(tmp_path / "last.pt", "trial checkpoint")
-    assert list(state) == ["step", "student", "ema", "ema_updates", "optimizer", "setup", "loss"]
+    assert list(state) == ["step", "student", "ema", "ema_updates", "optimizer", "setup", "loss", "curve", "curve_window"]
+
+
+def test_the_curve_is_the_mean_loss_of_each_stretch_and_the_last_step(tiny_pairs):
+    pairs = PairStore.open(tiny_pairs)
+    cfg = TrainConfig(steps=10, batch_size=64, lr=1e-3, seed=1)
+    losses = []
+    torch.manual_seed(0)
+    out = train_student(DiT(StudentArch(1, 16, 2), G), pairs, cfg, torch.device("cpu"),
+                        progress=lambda s, l: losses.append(l), progress_every=1, curve_points=3)
+    # every 10 // 3 = 3 steps, and the last: the means of steps 1-3, 4-6, 7-9 and 10
+    assert [s for s, _ in out.curve] == [3, 6, 9, 10]
+    expected = [np.mean(losses[0:3]), np.mean(losses[3:6]), np.mean(losses[6:9]), losses[9]]
+    assert [l for _, l in out.curve] == pytest.approx(expected, rel=1e-12)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_resumed_run_gives_the_curve_of_the_uninterrupted_run(tiny_pairs, tmp_path):
+    pairs = PairStore.open(tiny_pairs)
+    cfg = TrainConfig(steps=12, batch_size=64, lr=1e-3, seed=5, checkpoint_every=5)
+
+    def fresh():
+        torch.manual_seed(cfg.seed)
+        return DiT(StudentArch(2, 32, 4), G)
+
+    straight = train_student(fresh(), pairs, cfg, torch.device("cpu"), curve_points=4)
+
+    def crash_at_7(step, loss):
+        if step == 7:
+            raise _Crash  # after the step-5 checkpoint, in the middle of the stretch 7-9
+
+    with pytest.raises(_Crash):
+        train_student(fresh(), pairs, cfg, torch.device("cpu"), checkpoint_dir=tmp_path, progress=crash_at_7,
+                      progress_every=1, curve_points=4)
+    resumed = train_student(fresh(), pairs, cfg, torch.device("cpu"), checkpoint_dir=tmp_path, curve_points=4)
+    assert resumed.resumed_from == 5
+    assert [s for s, _ in straight.curve] == [3, 6, 9, 12]
+    assert resumed.curve == straight.curve  # the point at 6 averages steps 4-5 (before) and 6 (after the resume)
+    again = train_student(fresh(), pairs, cfg, torch.device("cpu"), checkpoint_dir=tmp_path, curve_points=4)
+    assert again.curve == straight.curve  # a finished run "resumed" at its end keeps its curve

@@ -1,6 +1,6 @@
 """Tests for dse.metrics.fid and dse.metrics.extractors: the cached digits classifier, Inception (the
-fid-helper network against its TorchScript, torch-fidelity's own extractor) and FID / KID / IS through
-torch-fidelity (CPU, offline).
+fid-helper network against its TorchScript, torch-fidelity's own extractor), FID / KID / IS through
+torch-fidelity (CPU, offline), the bootstrap spread of one FID and the label agreement.
 
 Inception runs at only a few images per second on a small CPU, so its tests use 4-16 images per set.
 """
@@ -21,6 +21,7 @@ import torch
 from torch_fidelity.interpolate_compat_tensorflow import (
     interpolate_bilinear_2d_like_tensorflow1x,
 )
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from dse.data.datasets import ImageDataset, load_digits
@@ -36,7 +37,7 @@ from dse.metrics.extractors import (
     load_digits_classifier,
     register_extractors,
 )
-from dse.metrics.fid import image_quality
+from dse.metrics.fid import fid_bootstrap, frechet_distances, image_quality, label_agreement
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +128,10 @@ def test_fd_of_the_data_to_itself_is_zero(cache: Path, digits: ImageDataset) -> 
     assert abs(result["kid"]) < 3 * result["kid_std"]  # the unbiased estimator scatters around 0
     assert result == {
         "fid": result["fid"],
+        "fid_std": None,  # no bootstrap asked for
+        "fid_ci_low": None,
+        "fid_ci_high": None,
+        "fid_bootstrap": 0,
         "fid_extractor": "dse-digits-classifier-v1",
         "fid_reference": "digits:train:1797",
         "fid_num_samples": 1797,
@@ -134,6 +139,7 @@ def test_fd_of_the_data_to_itself_is_zero(cache: Path, digits: ImageDataset) -> 
         "kid_std": result["kid_std"],
         "is_mean": result["is_mean"],
         "is_std": result["is_std"],
+        "label_agreement": None,  # no labels given
         "quality_note": result["quality_note"],
     }
     assert 5.0 < result["is_mean"] <= 10.0  # 10 balanced, confidently classified classes
@@ -260,8 +266,8 @@ def _fake_load_dataset(data: dict[str, np.ndarray]) -> Callable[..., ImageDatase
 
     def load(name: str, root: object = None, split: str = "train") -> ImageDataset:
         assert split == "train"
-        images = data[name]
-        return ImageDataset(name, images, np.zeros(len(images), np.int64), tuple(str(i) for i in range(10)))
+        images = data[name]  # image i is of class i
+        return ImageDataset(name, images, np.arange(len(images), dtype=np.int64), tuple(str(i) for i in range(10)))
 
     return load
 
@@ -297,7 +303,7 @@ def inception_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         with_logits = _with_logits(inception.inception_weights().state_path, tmp / "inception-with-logits.pth")
         real = data["cifar10"]
         runs = {
-            "itself": image_quality(real, "cifar10"),
+            "itself": image_quality(real, "cifar10", labels=np.arange(8), bootstrap=20),
             "noise24": image_quality(_noisy(real, 24.0), "cifar10", extractor="inception-v3-fid-helper"),
             "noise96": image_quality(_noisy(real, 96.0), "cifar10"),
             "compat24": image_quality(_noisy(real, 24.0), "cifar10", inception_path=str(with_logits)),
@@ -330,6 +336,10 @@ def test_inception_fid_to_itself_is_zero_and_grows_with_noise(inception_runs: di
     itself = inception_runs["itself"]
     assert itself == {
         "fid": itself["fid"],
+        "fid_std": itself["fid_std"],
+        "fid_ci_low": itself["fid_ci_low"],
+        "fid_ci_high": itself["fid_ci_high"],
+        "fid_bootstrap": 20,
         "fid_extractor": "inception-v3-fid-helper",  # auto, with no torch-fidelity weights
         "fid_reference": "cifar10:train:8",
         "fid_num_samples": 8,
@@ -337,8 +347,11 @@ def test_inception_fid_to_itself_is_zero_and_grows_with_noise(inception_runs: di
         "kid_std": itself["kid_std"],
         "is_mean": None,
         "is_std": None,
+        "label_agreement": 1.0,  # each image is its own class mean: 8 images, classes 0..7
         "quality_note": itself["quality_note"],
     }
+    # the bootstrap runs in the 2048-d Inception space: resampling 8 images gives a clear spread
+    assert itself["fid_std"] > 0 and itself["fid_ci_low"] <= itself["fid"] < itself["fid_ci_high"]
     assert abs(itself["fid"]) < 1e-2
     assert "IS needs Inception logits" in itself["quality_note"]
     fids = [inception_runs[k]["fid"] for k in ("itself", "noise24", "noise96")]
@@ -393,3 +406,100 @@ def test_cifar10_real_images_are_closer_to_the_test_set_than_noise(
     # FID from 8 images is biased far upwards (about 290 vs 480 here); only the order means something
     assert real["fid"] < 0.75 * fake["fid"], (real["fid"], fake["fid"])
     assert real["kid"] < fake["kid"]
+
+
+# --- how precise one FID is (bootstrap) and whether samples follow their labels ------------------------
+
+
+def _tf_fid(features: np.ndarray, stats: dict) -> float:
+    """torch-fidelity's own FID of `features` against `stats` (the number dse reports as `fid`)."""
+    own = fid_features_to_statistics(torch.from_numpy(np.asarray(features, np.float64)))
+    return fid_statistics_to_metric(own, stats, False)[KEY_METRIC_FID]
+
+
+def test_frechet_distances_equal_torch_fidelitys_fid_of_the_repeated_rows() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(0.2, 1.0, (300, 16)) * np.linspace(0.5, 2.0, 16)
+    reference = rng.normal(0.0, 1.0, (500, 16))
+    stats = fid_features_to_statistics(torch.from_numpy(reference))
+    counts = np.stack([np.ones(300, np.int64), np.bincount(rng.integers(0, 300, 300), minlength=300)])
+    ours = frechet_distances(features, stats["mu"], stats["sigma"], counts)
+    assert ours[0] == pytest.approx(_tf_fid(features, stats), rel=1e-9)  # all ones: the plain FID
+    repeated = np.repeat(features, counts[1], axis=0)  # the resample written out row by row
+    assert ours[1] == pytest.approx(_tf_fid(repeated, stats), rel=1e-9)
+    assert ours[1] != pytest.approx(ours[0], rel=1e-3)
+
+
+def test_the_bootstrap_sd_is_the_spread_of_fid_over_fresh_samples() -> None:
+    """The known-spread test: generated features ~ N(0.3, diag(s^2)) against the exact N(0, I) reference.
+    The SD of FID over 400 independent samples of N = 400 is the truth; each of 6 single samples'
+    bootstrap SD (B = 200) must be within a factor 1.5 of it."""
+    d, n = 8, 400
+    scales = np.linspace(1.0, 1.5, d)
+    reference = {"mu": np.zeros(d), "sigma": np.eye(d)}
+    rng = np.random.default_rng(0)
+    fresh = np.array([_tf_fid(rng.normal(0.3, 1.0, (n, d)) * scales, reference) for _ in range(400)])
+    truth = fresh.std(ddof=1)
+    assert truth > 0.05  # a spread worth measuring (FID about 2)
+    for seed in range(6):
+        sample = np.random.default_rng(100 + seed).normal(0.3, 1.0, (n, d)) * scales
+        boot = fid_bootstrap(sample, reference["mu"], reference["sigma"], 200)
+        assert len(boot) == 200
+        assert truth / 1.5 < boot.std(ddof=1) < truth * 1.5, (seed, boot.std(ddof=1), truth)
+    # deterministic: a fixed bootstrap seed
+    again = fid_bootstrap(sample, reference["mu"], reference["sigma"], 200)
+    assert np.array_equal(again, boot)
+    assert not np.array_equal(fid_bootstrap(sample, reference["mu"], reference["sigma"], 200, seed=1), boot)
+
+
+def test_image_quality_reports_the_bootstrap_interval_around_its_fid(cache: Path, digits: ImageDataset) -> None:
+    generated = _noisy(digits.images[::3], 40.0, seed=2)
+    plain = image_quality(generated, "digits")
+    first = image_quality(generated, "digits", bootstrap=50)
+    assert first["fid"] == plain["fid"]  # the bootstrap does not change the reported number
+    assert first["fid_bootstrap"] == 50 and plain["fid_bootstrap"] == 0 and plain["fid_std"] is None
+    assert 0 < first["fid_std"] < 0.5 * first["fid"]
+    half = first["fid_ci_high"] - first["fid"]
+    assert half == pytest.approx(1.959964 * first["fid_std"], rel=1e-4)  # fid +- z(0.975) sd
+    assert first["fid_ci_low"] == pytest.approx(first["fid"] - half, rel=1e-9)
+    assert image_quality(generated, "digits", bootstrap=50) == first  # the same features, the same spread
+
+
+def test_label_agreement_is_high_for_real_digits_and_chance_for_ignored_labels(
+    cache: Path, digits: ImageDataset
+) -> None:
+    images, labels = digits.images, digits.labels
+    right = image_quality(images[::2], "digits", labels=labels[::2])["label_agreement"]
+    assert right > 0.8  # real images with their true labels: the classifier's feature space separates them
+    shuffled = np.random.default_rng(0).permutation(labels[::2])
+    wrong = image_quality(images[::2], "digits", labels=shuffled)["label_agreement"]
+    assert abs(wrong - 0.1) < 0.05  # labels unrelated to the images: chance, 1/10
+    one_class = image_quality(images[labels == 3], "digits", labels=np.full((labels == 3).sum(), 5))["label_agreement"]
+    assert one_class < 0.05  # every 3 generated "for" class 5
+
+
+def test_label_agreement_is_nearest_class_mean() -> None:
+    reference = np.array([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0], [10.0, 2.0]])  # class means (0, 1), (10, 1)
+    reference_labels = np.array([0, 0, 1, 1])
+    features = np.array([[1.0, 1.0], [9.0, 1.0], [4.0, 5.0], [6.0, -5.0]])
+    assert label_agreement(features, np.array([0, 1, 0, 1]), reference, reference_labels) == 1.0
+    assert label_agreement(features, np.array([1, 1, 1, 1]), reference, reference_labels) == 0.5
+    # a class the reference lacks is never nearest
+    assert label_agreement(features, np.array([2, 2, 2, 2]), reference, reference_labels) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"bootstrap": 1}, "at least 2 resamples"),
+        ({"bootstrap": -3}, "at least 2 resamples"),
+        ({"bootstrap": 2.5}, "at least 2 resamples"),
+        ({"labels": np.zeros(3, np.int64)}, "4 integer class indices"),
+        ({"labels": np.zeros(4, np.float32)}, "4 integer class indices"),
+        ({"labels": np.array([0, 1, 2, 10])}, r"in \[0, 10\)"),
+        ({"labels": np.array([0, -1, 2, 3])}, r"in \[0, 10\)"),
+    ],
+)
+def test_bad_bootstrap_or_labels_raise_dse_error(kwargs: dict, match: str) -> None:
+    with pytest.raises(DseError, match=match):
+        image_quality(np.zeros((4, 8, 8, 1), np.uint8), "digits", **kwargs)
