@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from dse.errors import DseError
 from dse.events import COMPLETE
-from dse.stats import CONFIDENCE, LESS, Estimate, compare, estimate_of
+from dse.stats import CONFIDENCE, LESS, Estimate, compare, estimate, estimate_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -124,10 +124,41 @@ def clearly_dominates(a: Sequence[Estimate], b: Sequence[Estimate], confidence: 
     if means_a is None or means_b is None or not _dominates(means_a, means_b):
         return False
     for x, y in zip(a, b):
+        if x is y:
+            continue  # one shared estimate (the latency of one architecture): equal, so no obstacle
         exact = x.known and y.known and x.sd == 0 and y.sd == 0
         if not (x.mean <= y.mean if exact else compare(x, y, confidence) == LESS):
             return False  # a noisy objective where a is not clearly better: the data cannot tell them apart
     return True
+
+
+# Objectives that depend on the architecture (and how it is measured), never on the trained weights:
+# points of one architecture measure the same quantity, so they share one estimate of it.
+ARCHITECTURE_OBJECTIVES = ("latency_s", "latency_per_image_ms", "latency_onnx_cpu_s")
+ARCHITECTURE_KEYS = ("dataset", "depth", "width", "heads", "mlp_ratio", "patch_size", "params", "guidance")
+
+
+def _share_architecture_objectives(df, records: list[dict], objectives: Sequence[str], ests: list[list[Estimate]]) -> None:
+    """Give the points of one architecture (`ARCHITECTURE_KEYS` present in `df`) one estimate of each
+    objective in `ARCHITECTURE_OBJECTIVES`: the estimate over their points' means (with their SDs).
+    Their latencies then compare as equal instead of as two noisy measurements of one number, which
+    would otherwise rank an L1 and an LPIPS student of one architecture by timing noise, or keep a
+    clearly worse one tied because its latency cannot be told apart from an equal one."""
+    keys = [c for c in ARCHITECTURE_KEYS if c in df.columns]
+    shared = [k for k, o in enumerate(objectives) if o in ARCHITECTURE_OBJECTIVES]
+    if not keys or not shared:
+        return
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(tuple(str(r.get(c)) for c in keys), []).append(i)
+    for members in (m for m in groups.values() if len(m) > 1):
+        for k in shared:
+            known = [ests[i][k] for i in members if math.isfinite(ests[i][k].mean)]
+            if len(known) < 2:
+                continue
+            pooled = estimate([e.mean for e in known], [e.sd for e in known])
+            for i in members:
+                ests[i][k] = pooled
 
 
 def noise_aware_front(points_df: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES,
@@ -148,6 +179,7 @@ def noise_aware_front(points_df: pd.DataFrame, objectives: Sequence[str] = DEFAU
     df = points_df.copy()
     records = df.to_dict("records")
     ests = [[estimate_of(r, o) for o in objectives] for r in records]
+    _share_architecture_objectives(df, records, objectives, ests)
     means = [[e.mean for e in row] for row in ests]
     ranks = non_dominated_sort(means)
     ids = [str(r["candidate_id"]) for r in records]

@@ -415,8 +415,8 @@ def test_a_variant_with_its_own_seed_and_space_seeds_is_refused():
 def test_seeds_from_the_options_of_dse_run():
     from dse.config import study_for_run
 
-    demo = study_for_run(None)  # the demo trains each candidate with seeds 0 and 1
-    assert demo.space.seeds == (0, 1) and [t.seed for _, t in demo.trainings()] == [0, 1]
-    cfg = study_for_run(None, space={"seeds": [0, 1, 2]})
-    assert cfg.space.seeds == (0, 1, 2) and [t.seed for _, t in cfg.trainings()] == [0, 1, 2]
-    assert study_for_run(None, space={"seeds": None}).space.seeds == (0, 1)  # not given: the file's
+    demo = study_for_run(None)  # the demo trains each candidate with seeds 0, 1 and 2
+    assert demo.space.seeds == (0, 1, 2) and [t.seed for _, t in demo.trainings()] == [0, 1, 2]
+    cfg = study_for_run(None, space={"seeds": [0, 1]})
+    assert cfg.space.seeds == (0, 1) and [t.seed for _, t in cfg.trainings()] == [0, 1]
+    assert study_for_run(None, space={"seeds": None}).space.seeds == (0, 1, 2)  # not given: the file's

@@ -264,3 +264,25 @@ def test_clearly_dominates_on_estimates():
     assert clearly_dominates(a, b) and not clearly_dominates(b, a)
     assert not clearly_dominates(a, a)  # equal everywhere: no dominance
     assert not clearly_dominates(a, tie) and not clearly_dominates(tie, a)
+
+
+def _arch_pt(cid, depth, fid, fid_sd, latency, latency_sd, params=180_612):
+    return {**_pt(cid, params, fid, fid_sd, latency, n=3, latency_sd=latency_sd),
+            "depth": depth, "width": 64, "heads": 8, "mlp_ratio": 4.0, "guidance": 1.0}
+
+
+def test_points_of_one_architecture_share_their_latency():
+    # the principles run: an L1 and an LPIPS student of d2-w64-h8; their latencies differ by timing noise only
+    l1 = _arch_pt("l1", 2, 104.7, 8.0, 0.1080, 0.004)
+    lp = _arch_pt("lpips", 2, 634.3, 90.0, 0.1117, 0.004)
+    res = _status([l1, lp])
+    assert res["lpips"]["front_status"] == DOMINATED and res["lpips"]["dominated_by"] == ["l1"]
+    assert res["l1"]["front_status"] == FRONT
+    # the same latencies on two different architectures are two quantities: within noise, so no verdict
+    other = {**lp, "depth": 3}
+    res = _status([l1, other])
+    assert res["lpips"]["front_status"] == TIED and res["lpips"]["tied_with"] == ["l1"]
+    # and the plain rank of the means no longer splits one architecture by timing noise
+    faster_by_noise = _arch_pt("lpips", 2, 634.3, 90.0, 0.1060, 0.004)
+    res = _status([l1, faster_by_noise])
+    assert res["lpips"]["pareto_rank"] == 1 and res["lpips"]["front_status"] == DOMINATED
