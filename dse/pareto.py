@@ -11,10 +11,13 @@ b on the means and the evidence says a is at least as good in every objective at
 `dse.stats.CONFIDENCE`: in an exact objective (no spread: params, a latency measured once) a <= b, in
 a noisy one (FID) a is clearly better (`dse.stats.compare` == "less"). So a smaller model whose FID
 cannot be told apart from a larger one's does not make the larger one dominated: they are tied (the
-larger might be better in FID; the data cannot say). Each point is then FRONT (plain rank 0), DOMINATED (some point clearly dominates
-it) or TIED (not on the plain front, but every point that dominates it on the means does so within
-the noise: the data cannot separate it from the front). Requiring dominance on the means keeps the
-two views consistent: a FRONT point is never listed as dominated.
+larger might be better in FID; the data cannot say). Each point is then DOMINATED (some point clearly dominates it), TIED (the data cannot
+separate it from a point that beats it: it is dominated on the means but not clearly, or it is on the
+plain front only by an advantage within the noise, `beats_within_noise`: another point is clearly
+better somewhere and clearly worse nowhere) or FRONT (plain rank 0 and beaten by nothing the data can
+tell). Requiring dominance on the means for DOMINATED keeps the two views consistent: a point of
+plain rank 0 is never listed as dominated. Points of one architecture share their latency estimate
+(`ARCHITECTURE_OBJECTIVES`): it does not depend on the trained weights.
 
 Imports neither torch nor ray; pandas only inside functions.
 """
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from dse.errors import DseError
 from dse.events import COMPLETE
-from dse.stats import CONFIDENCE, LESS, Estimate, compare, estimate, estimate_of
+from dse.stats import CONFIDENCE, GREATER, LESS, TIED as TIED_VERDICT, Estimate, compare, estimate, estimate_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -132,6 +135,23 @@ def clearly_dominates(a: Sequence[Estimate], b: Sequence[Estimate], confidence: 
     return True
 
 
+def _verdict(x: Estimate, y: Estimate, confidence: float) -> str:
+    """"less", "greater" or "tied" for one objective of two points: a shared estimate is equal (tied),
+    an exact one (no spread) compares by value, a noisy one by `compare`."""
+    if x is y:
+        return TIED_VERDICT
+    if x.known and y.known and x.sd == 0 and y.sd == 0:
+        return LESS if x.mean < y.mean else TIED_VERDICT if x.mean == y.mean else GREATER
+    return compare(x, y, confidence)
+
+
+def beats_within_noise(a: Sequence[Estimate], b: Sequence[Estimate], confidence: float = CONFIDENCE) -> bool:
+    """True when a is clearly better than b in some objective and clearly worse in none: b's own
+    advantages over a, if any, are within the noise, so b cannot be told apart from a point that beats it."""
+    verdicts = [_verdict(x, y, confidence) for x, y in zip(a, b)]
+    return LESS in verdicts and GREATER not in verdicts
+
+
 # Objectives that depend on the architecture (and how it is measured), never on the trained weights:
 # points of one architecture measure the same quantity, so they share one estimate of it.
 ARCHITECTURE_OBJECTIVES = ("latency_s", "latency_per_image_ms", "latency_onnx_cpu_s")
@@ -188,12 +208,15 @@ def noise_aware_front(points_df: pd.DataFrame, objectives: Sequence[str] = DEFAU
     valid = [i for i, rank in enumerate(ranks) if rank is not None]
     for i in valid:
         for j in valid:
-            if i == j or ranks[j] == 0 or not _dominates(tuple(means[i]), tuple(means[j])):
+            if i == j:
                 continue
-            (dominated_by if clearly_dominates(ests[i], ests[j], confidence) else tied_with)[j].append(ids[i])
+            if _dominates(tuple(means[i]), tuple(means[j])):
+                (dominated_by if clearly_dominates(ests[i], ests[j], confidence) else tied_with)[j].append(ids[i])
+            elif beats_within_noise(ests[i], ests[j], confidence):
+                tied_with[j].append(ids[i])  # on the plain front only by an advantage within the noise
     status: list[str | None] = []
     for i, rank in enumerate(ranks):
-        status.append(None if rank is None else FRONT if rank == 0 else DOMINATED if dominated_by[i] else TIED)
+        status.append(None if rank is None else DOMINATED if dominated_by[i] else TIED if tied_with[i] else FRONT)
     df["pareto_rank"] = pd.array(ranks, dtype="Int64")
     df["front_status"] = status
     df["dominated_by"] = dominated_by

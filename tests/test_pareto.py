@@ -203,11 +203,16 @@ def test_a_clear_win_is_a_win():
     assert res["B"]["dominated_by"] == ["A"] and res["B"]["tied_with"] == []
 
 
-def test_a_plain_front_point_stays_on_the_front_however_noisy():
-    # B is bigger but better on the FID means (within noise): not dominated on the means -> front
+def test_a_plain_front_point_whose_only_advantage_is_noise_is_tied():
+    # the demo's case: B is bigger, with a better FID mean but within noise; A is smaller and no worse
+    # anywhere the data can tell: B is on the plain front only by noise -> tied with A (rank 0 kept)
     res = _status([_pt("A", 1000, 36.0, 2.0, 1.0), _pt("B", 2000, 35.0, 2.0, 1.0)])
+    assert res["A"]["front_status"] == FRONT and res["A"]["tied_with"] == []
+    assert res["B"]["front_status"] == TIED and res["B"]["tied_with"] == ["A"] and res["B"]["dominated_by"] == []
+    assert res["B"]["pareto_rank"] == 0
+    # a clearly better FID is a real advantage: B stays on the front
+    res = _status([_pt("A", 1000, 36.0, 0.5, 1.0), _pt("B", 2000, 30.0, 0.5, 1.0)])
     assert res["A"]["front_status"] == res["B"]["front_status"] == FRONT
-    assert res["B"]["dominated_by"] == res["B"]["tied_with"] == []
 
 
 def test_an_exact_objective_decides_together_with_the_others():
@@ -221,9 +226,10 @@ def test_an_exact_objective_decides_together_with_the_others():
     # an exact objective where A is worse (slower) stops dominance however clear the FID
     res = _status([_pt("A", 1000, 30.0, 0.5, 2.0), _pt("B", 1100, 35.5, 0.5, 1.0)])
     assert res["B"]["front_status"] == FRONT
-    # but a smaller size does not make A dominate a point whose FID is better on the means
+    # a smaller size does not make A dominate a point whose FID is better on the means (B keeps plain
+    # rank 0), but that FID advantage is within noise: B is tied with A, not on the front by itself
     res = _status([_pt("A", 1000, 35.5, 2.0, 1.0), _pt("B", 1100, 35.0, 2.0, 1.0)])
-    assert res["B"]["front_status"] == FRONT
+    assert res["B"]["pareto_rank"] == 0 and res["B"]["front_status"] == TIED and res["B"]["dominated_by"] == []
 
 
 def test_ties_and_clear_dominators_are_listed_apart():
