@@ -73,7 +73,7 @@ def run(proto: torch.Tensor, arch: StudentArch, loss_name: str, steps: int, batc
             out = torch.tanh(out)
         nearest = torch.cdist(out.flatten(1), proto.flatten(1)).argmin(1)
     return {"loss": loss_name, "steps": steps, "batch": batch, "arch": arch.name,
-            "follows_label": float((nearest == y).float().mean()), "final_loss": float(value),
+            "follows_label": float((nearest == y).float().mean()), "final_loss": float(value.detach()),
             "seconds": round(time.perf_counter() - start, 1)}
 
 

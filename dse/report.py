@@ -457,9 +457,10 @@ def _confidence_html(data: ReportData) -> str:
         f"two or more, else from the trial's own FID bootstrap; \"no interval\" where neither is known. "
         f"A point is <b>dominated</b> only when the evidence says so: another point is better on the means and at "
         f"least as good in every objective at {c} confidence (no larger in an exact one such as params, clearly "
-        f"better in a noisy one such as FID). A point that is not on the front of the means but that no point "
-        f"dominates in this sense is <b>tied with the front</b> (within noise): the data cannot separate it "
-        f"from the front. The plain Pareto rank of the means is shown beside it."
+        f"better in a noisy one such as FID). A point is <b>tied with the front</b> (within noise) when the data "
+        f"cannot separate it from a point that beats it: it is off the front of the means but no point dominates "
+        f"it in this sense, or it is on that front only by an advantage within the noise (another point is clearly "
+        f"better somewhere and clearly worse nowhere). The plain Pareto rank of the means is shown beside it."
     )
 
 
