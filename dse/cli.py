@@ -26,12 +26,17 @@ app = typer.Typer(
 )
 teacher_app = typer.Typer(help="Make and inspect teacher (noise, label, image) pairs.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
+latency_app = typer.Typer(help="Measure candidates' latency before training, and the latency cache.", no_args_is_help=True)
+app.add_typer(latency_app, name="latency")
 
 SpaceOpt = typer.Option(None, "--space", help="Search-space TOML file [default: search_spaces/demo.toml].")
 BudgetOpt = typer.Option(None, "--budget", help='Parameter budget: 420k, 0.42M, 5M, 5e6 or 5000000.')
 LowerOpt = typer.Option(None, "--lower", help="A candidate fits when lower*budget <= params [default 0.8].")
 UpperOpt = typer.Option(None, "--upper", help="... and params <= upper*budget [default 1.02; 1 for a hard cap].")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+MaxLatencyOpt = typer.Option(None, "--max-latency", help='Train only candidates at most this fast, with the unit: per image (2ms) or per N images (30s/50000) [none].')
+MaxParamsOpt = typer.Option(None, "--max-params", help="Train only candidates with at most this many parameters: 150k, 1.2M [none].")
+RuntimeOpt = typer.Option(None, "--latency-runtime", help="Where latency is measured: torch, onnxruntime or command (with --set eval.latency_command=...) [torch].")
 ImageSizeOpt = typer.Option(None, "--image-size", help="Image side in pixels (with --channels, --num-classes).")
 ChannelsOpt = typer.Option(None, "--channels", help="Image channels.")
 ClassesOpt = typer.Option(None, "--num-classes", help="Number of classes.")
@@ -70,7 +75,7 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:N]."),
     search: Optional[str] = typer.Option(None, "--search", help="grid (every candidate) or optuna (multi-objective TPE) [grid]."),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", help="optuna: trials to run [as many as candidates]."),
-    halving: Optional[bool] = typer.Option(None, "--halving/--no-halving", help="Stop trials whose partial (params, loss) is dominated (successive halving)."),
+    halving: Optional[bool] = typer.Option(None, "--halving/--no-halving", help="Stop trials whose partial (params, latency, loss) is dominated (successive halving)."),
     cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", help="CPUs per trial [0: every CPU of a node]."),
     gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="GPUs per trial, fractions allowed (0.25: four per GPU) [-1: from the model's memory]."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster (HOST:PORT) [$RAY_ADDRESS, else a local Ray]."),
@@ -80,8 +85,11 @@ def run(
     live: bool = typer.Option(True, "--live/--no-live", help="A live table of trials on a terminal (plain lines otherwise)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run trials stored as failed (or stopped) again."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the configuration, the trials, their resources and an estimate of their time; write nothing."),
+    max_latency: Optional[str] = MaxLatencyOpt, max_params: Optional[str] = MaxParamsOpt,
+    latency_runtime: Optional[str] = RuntimeOpt,
+    recheck_latency: Optional[bool] = typer.Option(None, "--recheck-latency/--no-recheck-latency", help="Also time each trained student after training (latency_trained_s) [no]."),
 ) -> None:
-    """Train and measure every architecture of a space under a budget, then write the Pareto report.
+    """Measure every architecture's latency, then train and measure those inside the constraints, and write the Pareto report.
 
     Exit code: 0 every trial completed (or was stopped by --halving), 1 some trials failed (the
     summary says which; `dse status NAME` says why), 2 a mistake refused before anything ran,
@@ -90,8 +98,10 @@ def run(
 
     cfg = study_for_run(
         space, name=study, assignments=assignments,
-        space={"budget": budget, "lower": lower, "upper": upper, "seeds": _seeds(seeds)},
-        train={"steps": steps}, eval={"num_samples": fid_samples},
+        space={"budget": budget, "lower": lower, "upper": upper, "seeds": _seeds(seeds), "max_latency": max_latency,
+               "max_params": max_params},
+        train={"steps": steps},
+        eval={"num_samples": fid_samples, "latency_runtime": latency_runtime, "latency_recheck": recheck_latency},
         run={"device": device, "results_dir": results_dir, "reports_dir": reports_dir,
              "retry_failed": retry_failed or None, "search": search, "num_samples": num_samples,
              "halving": halving, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
@@ -124,8 +134,9 @@ def run(
     # a trial's length in steps; 0 (unknown) when train.epochs sets it from the pair count
     steps = {s.trial_id: (0 if s.train.epochs else s.train.steps) for s in plan.specs}
     board = TrialBoard([s.trial_id for s in plan.specs], steps, stored=plan.store.completed_ids())
+    _echo(f"latency first: {_latency_protocol_text(cfg)}" + _constraints_text(cfg))
     with live_table(board, enabled=live) as on_event:
-        outcome = run_study(plan, on_event=on_event, on_pairs=on_event.on_pairs)
+        outcome = run_study(plan, on_event=on_event, on_pairs=on_event.on_pairs, on_latency=_echo_latency)
     _echo()
     for line in outcome_summary(outcome, elapsed_s=board.elapsed()):
         _echo(line)
@@ -133,6 +144,40 @@ def run(
         _echo(f"{outcome.num_failed} of {len(plan.specs)} trials failed: `dse status {cfg.name} --results-dir "
               f"{cfg.run.results_dir}` says why, `dse run ... --retry-failed` runs them again")
         raise typer.Exit(EXIT_FAILED_TRIALS)
+
+
+def _latency_protocol_text(cfg: StudyConfig) -> str:
+    e = cfg.eval
+    where = e.latency_device_name if e.latency_runtime == "command" else (cfg.run.device if cfg.run.device != "auto" else "this machine")
+    return (f"{e.latency_num_images} images at batch {e.latency_batch}, guidance {e.guidance:g}, median of "
+            f"{e.latency_repeats}, {e.latency_runtime} on {where}")
+
+
+def _constraints_text(cfg: StudyConfig) -> str:
+    s = cfg.space
+    parts = ([f"max_params {s.max_params}"] if s.max_params else []) + ([f"max_latency {s.max_latency}"] if s.max_latency else [])
+    return f"; constraints: {', '.join(parts)}" if parts else ""
+
+
+def _latency_line(a) -> str:
+    """One architecture of the latency pass, as `dse run` and `dse latency measure` print it."""
+    c = a.columns
+    if a.error:
+        what = f"FAILED: {a.error}"
+    elif not c:
+        what = "not measured"
+    else:
+        spread = c.get("latency_spread")
+        what = (f"{c['latency_s']:.4g} s ({c['latency_per_image_ms']:.4g} ms/image"
+                + (f", spread {100 * spread:.0f}%" if isinstance(spread, (int, float)) else "") + ")"
+                + (" cached" if c.get("latency_cached") else "")
+                + (" CONTENDED: not ranked" if c.get("latency_contended") else ""))
+    where = "" if a.inside else f"  outside: {a.reason}, not trained"
+    return f"{a.arch.name:<14} {a.params:>10,} params  {what}{where}"
+
+
+def _echo_latency(i: int, n: int, a) -> None:
+    _echo(f"  latency [{i}/{n}] {_latency_line(a)}")
 
 
 def _seeds(n: Optional[int]) -> Optional[list[int]]:
@@ -169,6 +214,74 @@ def _echo_dry_run(cfg: StudyConfig, guess, skipped: int) -> None:
               f"{guess.pairs_text()}")
         _echo(f"  ({guess.method()})")
     _echo("dry run: nothing was written")
+
+
+@latency_app.command("measure")
+def latency_measure(
+    space: Optional[Path] = SpaceOpt, budget: Optional[str] = BudgetOpt,
+    max_latency: Optional[str] = MaxLatencyOpt, max_params: Optional[str] = MaxParamsOpt,
+    latency_runtime: Optional[str] = RuntimeOpt,
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:N]."),
+    results_dir: Optional[str] = typer.Option(None, "--results-dir", help="Where studies and the latency cache are [results]."),
+    assignments: Optional[list[str]] = typer.Option(None, "--set", help="Any key of the space file: SECTION.KEY=VALUE, e.g. --set eval.latency_batch=64 (repeatable)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Measure the latency of every candidate of a space, as `dse run` does before training, into the
+    latency cache; say which are inside the constraints. Trains nothing."""
+    from dse.study import measure_latencies
+
+    cfg = study_for_run(
+        space, assignments=assignments, space={"budget": budget, "max_latency": max_latency, "max_params": max_params},
+        eval={"latency_runtime": latency_runtime}, run={"device": device, "results_dir": results_dir},
+    )
+    if not json_out:
+        _echo(f"latency of {cfg.name}'s candidates: {_latency_protocol_text(cfg)}" + _constraints_text(cfg))
+    result = measure_latencies(cfg, on_latency=None if json_out else _echo_latency)
+    if json_out:
+        _echo(json.dumps([a.to_dict() for a in result], indent=2, default=str))
+        return
+    inside = sum(a.inside for a in result)
+    _echo(f"{inside} of {len(result)} architectures inside the constraints; cache: "
+          f"{Path(cfg.run.results_dir) / 'latency_cache'}")
+
+
+@latency_app.command("list")
+def latency_list(
+    results_dir: str = typer.Option("results", "--results-dir", help="Where studies and the latency cache are."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """The latencies in the cache: architecture, protocol, device, median and spread."""
+    from dse.latency_cache import LatencyCache
+
+    entries = LatencyCache.of_results(results_dir).entries()
+    if json_out:
+        _echo(json.dumps(entries, indent=2, default=str))
+        return
+    if not entries:
+        _echo(f"the latency cache in {results_dir} is empty")
+        return
+    _echo(f"{'architecture':<14} {'geometry':<10} {'runtime':<12} {'device':<28} {'images':>7} {'batch':>5} "
+          f"{'threads':>7} {'latency s':>10} {'ms/image':>9} {'spread':>7}  measured")
+    for e in entries:
+        a, g, p, r, f = e["arch"], e["geometry"], e["protocol"], e["result"], e["fingerprint"]
+        name = f"d{a.get('depth')}-w{a.get('width')}-h{a.get('heads')}"
+        geo = f"{g.get('image_size')}x{g.get('image_size')}x{g.get('channels')}"
+        spread = r.get("latency_spread")
+        _echo(f"{name:<14} {geo:<10} {str(p.get('runtime')):<12} {str(r.get('latency_device'))[:28]:<28} "
+              f"{r.get('latency_num_images', 0):>7} {r.get('latency_batch', 0):>5} {str(f.get('threads', '-')):>7} "
+              f"{r['latency_s']:>10.4g} {r.get('latency_per_image_ms', float('nan')):>9.4g} "
+              f"{(f'{100 * spread:.0f}%' if isinstance(spread, (int, float)) else '-'):>7}  {e.get('measured_at')}")
+
+
+@latency_app.command("clear")
+def latency_clear(
+    results_dir: str = typer.Option("results", "--results-dir", help="Where studies and the latency cache are."),
+) -> None:
+    """Remove every latency in the cache: the next study measures its candidates again."""
+    from dse.latency_cache import LatencyCache
+
+    cache = LatencyCache.of_results(results_dir)
+    _echo(f"removed {cache.clear()} latencies from {cache.root}")
 
 
 @app.command("space")
@@ -356,7 +469,7 @@ def status_cmd(
 def _counts_text(s: dict) -> str:
     c = s["counts"]
     return (f"{c['done']}/{s['total']} done, {c['running']} running, {c[FAILED]} failed, {c[STOPPED]} stopped, "
-            f"{c['pending']} pending")
+            f"{c['pending']} pending" + (f", {c['outside']} outside the constraints" if c.get("outside") else ""))
 
 
 def _status_text(s: dict, most: int = 15) -> str:

@@ -101,12 +101,30 @@ class SpaceConfig:
     # an explicit list of [depth, width, heads]: these architectures instead of widths x depths x heads
     # (the paper's Table 6); each must fit under upper * budget (the band's lower end does not apply)
     architectures: tuple[tuple[int, ...], ...] = ()
+    # constraints, applied after the latency pass and before training (candidates outside are never trained):
+    # max_params a count like budget ("150k"); max_latency a time with its unit, per image ("2ms") or per
+    # N images ("30s/50000", "1.2s/10k"); "" = none
+    max_params: str = ""
+    max_latency: str = ""
 
     @functools.cached_property
     def budget_params(self) -> int:
         """`budget` as a number of parameters: parsed once (by `validate`, for a loaded study; on first
         use, for a SpaceConfig built by hand) and kept; a DseError for a budget that is no count."""
         return parse_budget(self.budget)
+
+    @functools.cached_property
+    def max_params_count(self) -> int | None:
+        """`max_params` as a number of parameters, or None when there is no such constraint."""
+        return parse_budget(self.max_params, what="max_params") if self.max_params else None
+
+    @functools.cached_property
+    def max_latency_per_image_s(self) -> float | None:
+        """`max_latency` as seconds per image (`parse_latency`), or None when there is no such constraint."""
+        if not self.max_latency:
+            return None
+        seconds, images = parse_latency(self.max_latency)
+        return seconds / images
 
 
 @dataclass(frozen=True)
@@ -180,6 +198,14 @@ class EvalConfig:
     samples_per_class: int = 10  # columns of the PNG sample grid (one row per class; 0: no grid)
     seed: int = 0
     fid_bootstrap: int = 100  # resamplings of the generated samples' features for fid_std / fid_ci_* (0: none)
+    # where latency is measured (docs/metrics.md): torch (eager; torch.compile with latency_compile),
+    # onnxruntime (CPU, or CUDA's execution provider on a CUDA device), or command (a user's command
+    # template run on the exported ONNX graph, e.g. on a Jetson over ssh; it prints JSON or seconds)
+    latency_runtime: str = "torch"
+    latency_command: str = ""  # the template, with {onnx}, {batch}, {num_images}, ... (COMMAND_FIELDS)
+    latency_device_name: str = ""  # the device the command measures on, as rows and the cache name it
+    latency_timeout: float = 600.0  # seconds one run of the command may take
+    latency_recheck: bool = False  # also measure each trained student after training (latency_trained_s)
 
 
 @dataclass(frozen=True)
@@ -189,8 +215,9 @@ class RunConfig:
     `cpus_per_trial = 0` gives each trial every CPU of a node; `gpus_per_trial = -1` chooses the GPU
     share from the candidate's estimated peak memory (0 when there is no GPU); a fraction such as
     0.25 packs four trials on one GPU. `search` is "grid" (every candidate) or "optuna"
-    (multi-objective TPE over the candidates, `num_samples` trials); `halving` stops trials whose
-    partial results are dominated (successive halving on the non-dominated rank).
+    (multi-objective TPE over (fid, params, latency), `num_samples` trials); `halving` stops trials
+    whose partial (params, latency, loss) is dominated (successive halving on the non-dominated rank).
+    `latency_cache` reuses latencies this device measured before (docs/metrics.md).
     """
 
     results_dir: str = "results"
@@ -205,6 +232,7 @@ class RunConfig:
     halving_rungs: int = 3  # rungs at 1/eta^(k-1), ..., 1/eta, 1 of the training steps
     halving_eta: int = 3  # at each rung, keep the best 1/eta by non-dominated rank
     retry_failed: bool = False  # run trials stored as failed again
+    latency_cache: bool = True  # reuse latencies measured before on this device (results_dir/latency_cache)
 
 
 @dataclass(frozen=True)
@@ -286,6 +314,10 @@ TEACHER_KINDS = ("empirical", "trained", "external", "store")  # the teacher reg
 SEARCHES = ("grid", "optuna")  # run.search: the executor's searchers
 LPIPS_NETS = ("alex", "vgg")  # dse.assets.lpips.TRUNKS
 SPLITS = ("train", "test")  # dse.data.datasets.SPLITS: what eval.reference may name
+LATENCY_RUNTIMES = ("torch", "onnxruntime", "command")  # dse.metrics.runtimes.RUNTIMES
+# what eval.latency_command may name in braces: dse.metrics.runtimes.command_fields()
+COMMAND_FIELDS = ("onnx", "batch", "num_images", "batches", "repeats", "warmup", "guidance", "channels",
+                  "image_size", "num_classes", "z_shape", "y_shape", "device_name")
 
 Rule = tuple[Callable[[float], bool], str]
 _POSITIVE: Rule = (lambda v: v > 0, "must be positive (> 0)")
@@ -320,7 +352,8 @@ RANGES: dict[str, dict[str, Rule]] = {
              "guidance": _NOT_NEGATIVE, "reference_num": _NOT_NEGATIVE, "latency_num_images": _POSITIVE,
              "latency_batch": _POSITIVE, "latency_repeats": _POSITIVE, "onnx_num_images": _NOT_NEGATIVE,
              "samples_per_class": _NOT_NEGATIVE, "seed": _NOT_NEGATIVE,
-             "fid_bootstrap": (lambda v: v == 0 or v >= 2, "must be 0 (no bootstrap) or at least 2 (one resample has no spread)")},
+             "fid_bootstrap": (lambda v: v == 0 or v >= 2, "must be 0 (no bootstrap) or at least 2 (one resample has no spread)"),
+             "latency_timeout": _POSITIVE},
     "run": {"cpus_per_trial": _NOT_NEGATIVE,
             "gpus_per_trial": (lambda v: v == -1 or 0 <= v <= 1 or (v > 1 and v.is_integer()),
                                "must be >= 0 (a fraction up to 1, whole GPUs above) or -1 (from the model's memory)"),
@@ -340,24 +373,46 @@ def format_count(n: int | float) -> str:
     return str(int(n))
 
 
-def parse_budget(budget: str | int | float) -> int:
+def parse_budget(budget: str | int | float, what: str = "budget") -> int:
     """A parameter budget as an integer: "420k", "0.42M", "5M", "5e6" and 5000000 all work."""
     if isinstance(budget, bool):
-        raise DseError(f"invalid budget {budget!r}")
+        raise DseError(f"invalid {what} {budget!r}")
     if isinstance(budget, (int, float)):
         value = budget
     else:
         m = _BUDGET_RE.match(str(budget))
         if not m:
             raise DseError(
-                f"invalid budget {budget!r}: use a number of parameters such as 420k, 0.42M, 5M, 5e6 or 5000000"
+                f"invalid {what} {budget!r}: use a number of parameters such as 420k, 0.42M, 5M, 5e6 or 5000000"
             )
         mantissa, exponent, suffix = m.groups()
         value = float(f"{mantissa}e{exponent or 0}") * _SUFFIX[suffix.lower()]  # 1e400 is inf, not an error
     if (isinstance(value, float) and not math.isfinite(value)) or value < 1:
-        raise DseError(f"invalid budget {budget!r}: it must be a positive, finite number of parameters "
+        raise DseError(f"invalid {what} {budget!r}: it must be a positive, finite number of parameters "
                        "such as 420k, 5M or 5e6")
     return int(round(value))
+
+
+_LATENCY_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*(ns|us|µs|ms|s|min)\s*"
+                         r"(?:/\s*(\d+(?:\.\d*)?)(?:e([+-]?\d+))?\s*([kK]?)\s*(?:images?|img)?)?\s*$")
+LATENCY_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}
+
+
+def parse_latency(text: str) -> tuple[float, int]:
+    """A latency limit as (seconds, images): "2ms" is 2 ms per image (0.002, 1); "30s/50000", "30s/50k" and
+    "1.2 s / 10k images" are seconds for that many images. The unit is required (ns, us, ms, s, min)."""
+    m = _LATENCY_RE.match(str(text))
+    example = "use a time with its unit, per image (2ms, 0.5ms) or per N images (30s/50000, 1.2s/10k)"
+    if not m:
+        raise DseError(f"invalid max_latency {text!r}: {example}")
+    mantissa, exponent, unit, n_mantissa, n_exponent, n_suffix = m.groups()
+    seconds = float(f"{mantissa}e{exponent or 0}") * LATENCY_UNITS[unit]
+    images = 1.0 if n_mantissa is None else float(f"{n_mantissa}e{n_exponent or 0}") * _SUFFIX[n_suffix.lower()]
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise DseError(f"invalid max_latency {text!r}: the time must be positive and finite; {example}")
+    if not (math.isfinite(images) and images >= 1 and float(images).is_integer()):
+        raise DseError(f"invalid max_latency {text!r}: the number of images must be a whole number >= 1; {example}")
+    return seconds, int(images)
 
 
 _KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -377,8 +432,8 @@ def _build(cls, section: str, values: dict[str, Any], source: str):
         )
     kwargs = {}
     for key, value in values.items():
-        if key == "budget" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)  # budget = 5e6 reads like budget = "5e6"
+        if key in ("budget", "max_params") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # budget = 5e6 reads like budget = "5e6" (max_params too)
         kwargs[key] = _coerce(value, kinds[key], f"{source}: [{section}] {key}")
     return cls(**kwargs)
 
@@ -517,6 +572,7 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
             parse_address(cfg.run.address)
         dataset_geometry(cfg.dataset, cfg.patch_size)
         s.budget_params  # parsed here, once, and kept on the space
+        s.max_params_count, s.max_latency_per_image_s  # the constraints too
     except DseError as exc:
         raise DseError(f"{source}: {exc}") from None
     for section in ("teacher", "space", "run"):
@@ -594,6 +650,36 @@ def _validate_eval(e: EvalConfig, source: str) -> None:
         raise DseError(f"{source}: eval.reference must be {_either(SPLITS)} (got {e.reference!r})")
     if e.extractor not in KNOWN_EXTRACTORS:
         raise DseError(f"{source}: eval.extractor must be one of {', '.join(KNOWN_EXTRACTORS)} (got {e.extractor!r})")
+    if e.latency_runtime not in LATENCY_RUNTIMES:
+        raise DseError(f"{source}: eval.latency_runtime must be {_either(LATENCY_RUNTIMES)} (got {e.latency_runtime!r})")
+    if e.latency_runtime == "command":
+        check_command_template(e.latency_command, f"{source}: eval.latency_command")
+        if not e.latency_device_name.strip():
+            raise DseError(f"{source}: eval.latency_runtime = \"command\" needs eval.latency_device_name, the device "
+                           "the command measures on (e.g. \"jetson-orin-nano\"); rows and the latency cache name it")
+    elif e.latency_command:
+        raise DseError(f"{source}: eval.latency_command is set but eval.latency_runtime is {e.latency_runtime!r}; "
+                       "set latency_runtime = \"command\" to use it")
+
+
+def check_command_template(template: str, where: str) -> None:
+    """A DseError unless `template` is a non-empty command whose {fields} are all in COMMAND_FIELDS
+    (literal braces are written {{ and }}) and that names {onnx}, the graph it must time."""
+    import string
+
+    if not template.strip():
+        raise DseError(f"{where} is empty: give the command that times {{onnx}}, e.g. "
+                       "\"ssh jetson 'bash time_onnx.sh {onnx} {batch} {num_images}'\"")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise DseError(f"{where}: {exc} (write a literal brace as {{{{ or }}}})") from None
+    bad = sorted({f for f in fields if f not in COMMAND_FIELDS})
+    if bad:
+        raise DseError(f"{where} names {', '.join('{' + f + '}' for f in bad)}; known fields: "
+                       f"{', '.join('{' + f + '}' for f in COMMAND_FIELDS)}")
+    if "onnx" not in fields:
+        raise DseError(f"{where} does not name {{onnx}}, the exported graph it must time")
 
 
 def _validate_train(t: TrainConfig, where: str) -> None:

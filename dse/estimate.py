@@ -213,6 +213,9 @@ def estimate_study(cfg: StudyConfig, specs: list[TrialSpec], machine: Machine | 
     timed = sorted({s.arch.name for s in specs if s.trial_id in timed_ids})
 
     e, extractor = cfg.eval, _extractor_flops(cfg)
+    per_arch: dict = {}
+    for s in specs:  # latency is measured once per architecture (before training): each trial takes its share
+        per_arch[s.arch] = per_arch.get(s.arch, 0) + 1
     trials = []
     for s in specs:
         f = flops[s.trial_id]
@@ -221,11 +224,11 @@ def estimate_study(cfg: StudyConfig, specs: list[TrialSpec], machine: Machine | 
         grid = e.samples_per_class * s.geometry.num_classes
         quality = e.num_samples * (guided + extractor) + grid * guided
         latency_images = e.latency_num_images * (e.latency_repeats + 1) + (
-            (e.onnx_num_images or e.latency_num_images) if e.onnx else 0)
+            (e.onnx_num_images or e.latency_num_images) if e.onnx and e.latency_runtime == "torch" else 0)
         cpus, gpus = resources[s.trial_id]
         rate = rate_of[s.trial_id]
         trials.append(TrialEstimate(s.trial_id, count_params(s.arch, s.geometry), cpus, gpus,
-                                    train / rate, quality / rate, latency_images * guided / rate))
+                                    train / rate, quality / rate, latency_images * guided / rate / per_arch[s.arch]))
     cpus, gpus = max(t.cpus for t in trials), max(t.gpus for t in trials)
     parallel = int(m.cpus // cpus) if cpus else 1
     if gpus > 0:

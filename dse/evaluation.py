@@ -99,26 +99,28 @@ def measure_quality(model, dataset: str, cfg: EvalConfig, *, data_root: str = ""
 
 
 def measure_speed(model, cfg: EvalConfig, *, device="cpu", onnx_path: str | Path | None = None) -> dict[str, Any]:
-    """Latency on `device` by the protocol of metrics/latency.py, then (with `cfg.onnx` and a path)
-    the ONNX export, its agreement with PyTorch and its onnxruntime CPU latency.
+    """Latency on `device` by the protocol and runtime of `cfg` (`dse.metrics.runtimes.measure`: re-measured
+    when contended), then, with `cfg.onnx` and a path, the ONNX export, its agreement with PyTorch and (for
+    the torch runtime) its onnxruntime CPU latency.
 
-    The caller makes sure nothing else runs on the device meanwhile (a study measures in a pass of
-    its own after training).
+    The caller makes sure nothing else runs on the device meanwhile (a study measures before training,
+    in a pass of its own).
     """
-    from dse.metrics.latency import measure_latency
+    from dse.metrics.runtimes import measure, protocol_of
 
     start = time.perf_counter()
-    row = measure_latency(
-        model, num_images=cfg.latency_num_images, batch_size=cfg.latency_batch, guidance=cfg.guidance,
-        repeats=cfg.latency_repeats, device=device, compile=cfg.latency_compile,
-    )
+    work_dir = Path(onnx_path).parent if onnx_path is not None else None
+    row = measure(model, protocol_of(cfg), device, work_dir=work_dir)
     if cfg.onnx and onnx_path is not None:
         from dse.metrics.export import measure_onnx
 
-        row.update(measure_onnx(  # exports a CPU copy; `model` stays where it is
+        onnx = measure_onnx(  # exports a CPU copy; `model` stays where it is
             model, onnx_path, guidance=cfg.guidance, batch_size=cfg.latency_batch,
             num_images=cfg.onnx_num_images or cfg.latency_num_images, repeats=cfg.latency_repeats,
-        ))
+        )
+        if cfg.latency_runtime != "torch":  # timed already as the runtime itself
+            onnx = {k: v for k, v in onnx.items() if not k.startswith("latency_onnx")}
+        row.update(onnx)
     row["latency_seconds"] = time.perf_counter() - start
     return row
 
@@ -170,6 +172,17 @@ def evaluate_checkpoint(
     if "onnx_path" in row:
         row["onnx_path"] = None  # timed, not kept
     return row
+
+
+def export_checked(model, path: str | Path, *, guidance: float = 1.5) -> dict[str, Any]:
+    """The student's ONNX graph written to `path` (guidance folded in) and its agreement with PyTorch,
+    not timed (a study times latency before training, the device to itself): `onnx_max_abs_diff`,
+    `onnx_bytes`, `onnx_path`."""
+    from dse.metrics.export import check_onnx, export_onnx
+
+    info = export_onnx(model, path, guidance=guidance)
+    return {"onnx_max_abs_diff": check_onnx(model, path, guidance), "onnx_bytes": info.get("onnx_bytes"),
+            "onnx_path": info.get("onnx_path", str(path))}
 
 
 def export_student(path: str | Path, out: str | Path, *, guidance: float = 1.5) -> dict[str, Any]:

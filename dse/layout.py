@@ -33,6 +33,8 @@ STUDENT_FILE = "student.pt"
 SAMPLES_FILE = "samples.png"
 ONNX_FILE = "student.onnx"
 TA_DIR = "ta"
+LATENCY_CACHE_DIR = "latency_cache"  # <results_dir>/latency_cache/<key>.json: latencies shared by every study there
+LATENCY_FILE = "latency.json"  # <study>/latency.json: the study's latency pass (measurements, constraints)
 REPORT_SUFFIX = ".html"
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}"
@@ -81,6 +83,11 @@ def study_names(results_dir: str | Path = "results") -> list[str]:
     )
 
 
+def latency_cache_dir(results_dir: str | Path) -> Path:
+    """Where the latency cache of the studies under `results_dir` lives."""
+    return inside(results_dir, LATENCY_CACHE_DIR, what="latency cache")
+
+
 @dataclass(frozen=True)
 class StudyLayout:
     """The files of study `name` under `results_dir` (and its report under `reports_dir`)."""
@@ -117,6 +124,14 @@ class StudyLayout:
     def artifacts_dir(self, trial_id: str) -> Path:
         check_name(trial_id, "trial id")
         return inside(self.study_dir / ARTIFACTS_DIR, trial_id, what="artifacts folder")
+
+    @property
+    def latency_file(self) -> Path:
+        return self.study_dir / LATENCY_FILE
+
+    @property
+    def latency_cache_dir(self) -> Path:
+        return latency_cache_dir(self.results_dir)
 
     @property
     def report_path(self) -> Path:

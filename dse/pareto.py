@@ -8,16 +8,20 @@ of the sort and get rank None.
 The noise-aware front (`noise_aware_front`) works on points (`dse.stats.group_points`: one per
 candidate, each objective a mean with an interval). A point a *clearly dominates* b when a dominates
 b on the means and the evidence says a is at least as good in every objective at
-`dse.stats.CONFIDENCE`: in an exact objective (no spread: params, a latency measured once) a <= b, in
-a noisy one (FID) a is clearly better (`dse.stats.compare` == "less"). So a smaller model whose FID
-cannot be told apart from a larger one's does not make the larger one dominated: they are tied (the
-larger might be better in FID; the data cannot say). Each point is then DOMINATED (some point clearly dominates it), TIED (the data cannot
+`dse.stats.CONFIDENCE`: in an exact objective (no spread: params; one latency without its SD) a <= b,
+in a noisy one (FID, a latency with its SD) a is clearly better (`dse.stats.compare` == "less"). So a
+smaller model whose FID cannot be told apart from a larger one's does not make the larger one
+dominated: they are tied (the larger might be better in FID; the data cannot say). Each point is then
+DOMINATED (some point clearly dominates it), TIED (the data cannot
 separate it from a point that beats it: it is dominated on the means but not clearly, or it is on the
 plain front only by an advantage within the noise, `beats_within_noise`: another point is clearly
 better somewhere and clearly worse nowhere) or FRONT (plain rank 0 and beaten by nothing the data can
 tell). Requiring dominance on the means for DOMINATED keeps the two views consistent: a point of
 plain rank 0 is never listed as dominated. Points of one architecture share their latency estimate
-(`ARCHITECTURE_OBJECTIVES`): it does not depend on the trained weights.
+(`dse.stats.ARCHITECTURE_OBJECTIVES`): it does not depend on the trained weights, and copies of one
+measurement count once. A latency carries its measurement noise (`latency_s_std`, dse.stats), so two
+latencies within the noise of each other are tied, like two FIDs; a contended latency is missing (the
+point is not ranked: front_status None).
 
 Imports neither torch nor ray; pandas only inside functions.
 """
@@ -31,7 +35,9 @@ from typing import TYPE_CHECKING
 
 from dse.errors import DseError
 from dse.events import COMPLETE
-from dse.stats import CONFIDENCE, GREATER, LESS, TIED as TIED_VERDICT, Estimate, compare, estimate, estimate_of
+from dse.stats import (  # noqa: F401  (ARCHITECTURE_OBJECTIVES re-exported: dse.stats owns it)
+    ARCHITECTURE_OBJECTIVES, CONFIDENCE, GREATER, LESS, TIED as TIED_VERDICT, Estimate, compare, estimate, estimate_of,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -152,18 +158,19 @@ def beats_within_noise(a: Sequence[Estimate], b: Sequence[Estimate], confidence:
     return LESS in verdicts and GREATER not in verdicts
 
 
-# Objectives that depend on the architecture (and how it is measured), never on the trained weights:
-# points of one architecture measure the same quantity, so they share one estimate of it.
-ARCHITECTURE_OBJECTIVES = ("latency_s", "latency_per_image_ms", "latency_onnx_cpu_s")
+# The columns that name one architecture (as far as points carry them): its points share ARCHITECTURE_OBJECTIVES.
 ARCHITECTURE_KEYS = ("dataset", "depth", "width", "heads", "mlp_ratio", "patch_size", "params", "guidance")
 
 
 def _share_architecture_objectives(df, records: list[dict], objectives: Sequence[str], ests: list[list[Estimate]]) -> None:
     """Give the points of one architecture (`ARCHITECTURE_KEYS` present in `df`) one estimate of each
-    objective in `ARCHITECTURE_OBJECTIVES`: the estimate over their points' means (with their SDs).
-    Their latencies then compare as equal instead of as two noisy measurements of one number, which
-    would otherwise rank an L1 and an LPIPS student of one architecture by timing noise, or keep a
-    clearly worse one tied because its latency cannot be told apart from an equal one."""
+    objective in `dse.stats.ARCHITECTURE_OBJECTIVES` that they have: their distinct estimates (copies of
+    one measurement, as every point of an architecture carries when the study measured it once, count
+    once: by mean, sd and n) pooled over their means with their SDs, or the one estimate itself when
+    they all carry the same. Their latencies then compare as equal instead of as two noisy measurements
+    of one number, which would otherwise rank an L1 and an LPIPS student of one architecture by timing
+    noise, or keep a clearly worse one tied because its latency cannot be told apart from an equal one.
+    A point without the objective (not measured, or contended) keeps it missing."""
     keys = [c for c in ARCHITECTURE_KEYS if c in df.columns]
     shared = [k for k, o in enumerate(objectives) if o in ARCHITECTURE_OBJECTIVES]
     if not keys or not shared:
@@ -173,11 +180,13 @@ def _share_architecture_objectives(df, records: list[dict], objectives: Sequence
         groups.setdefault(tuple(str(r.get(c)) for c in keys), []).append(i)
     for members in (m for m in groups.values() if len(m) > 1):
         for k in shared:
-            known = [ests[i][k] for i in members if math.isfinite(ests[i][k].mean)]
+            known = [i for i in members if math.isfinite(ests[i][k].mean)]
             if len(known) < 2:
                 continue
-            pooled = estimate([e.mean for e in known], [e.sd for e in known])
-            for i in members:
+            distinct = list({(e.mean, e.sd, e.n): e for e in (ests[i][k] for i in known)}.values())
+            pooled = distinct[0] if len(distinct) == 1 else \
+                estimate([e.mean for e in distinct], [e.sd for e in distinct])
+            for i in known:
                 ests[i][k] = pooled
 
 

@@ -17,9 +17,12 @@ Three parts, each usable on its own:
   front with their FID intervals and which are tied, the study's warnings, where the results and
   the report are), from plain inputs.
 
-Events (`dse.events`, from `dse.executor.Events` and `dse.study.measure_latency_pass`):
-START {}, TRAIN {step, loss}, COMPLETE {status, params, fid, latency_s, ...},
-FAILED {error}, STOPPED {error}, LATENCY {latency_s, latency_num_images, latency_onnx_cpu_s, ...}.
+Events (`dse.events`, from `dse.executor.Events` and `dse.study`):
+START {} (or with latency_s, latency_contended: the latency measured before training), TRAIN {step, loss},
+COMPLETE {status, params, fid, latency_s, latency_contended, ...}, FAILED {error}, STOPPED {error},
+LATENCY {latency_s, latency_num_images, latency_onnx_cpu_s, ...} (the re-check after training) and
+OUTSIDE {reason, latency_s, ...}: a trial not trained because its candidate is outside the study's
+constraints (finished, state "outside"). A latency that was contended is shown as such: it is not ranked.
 
 ETAs count training steps only. A running trial's rate is the steps it made between its first and
 its last train event over the time between them (from its start event while it has only one); its
@@ -45,13 +48,15 @@ from pathlib import Path
 from typing import Any
 
 from dse.errors import first_line
-from dse.events import COMPLETE, FAILED, LATENCY, START, STOPPED, TRAIN, OnEvent
-from dse.stats import CONFIDENCE
+from dse.events import COMPLETE, FAILED, LATENCY, OUTSIDE, START, STOPPED, TRAIN, OnEvent
+from dse.stats import CONFIDENCE, CONTENDED_FIX, CONTENDED_STATUS
 
-# A trial's state on the board: the row statuses COMPLETE, FAILED, STOPPED (dse.events) and these.
+# A trial's state on the board: the row statuses COMPLETE, FAILED, STOPPED, OUTSIDE (never trained: outside
+# the constraints; dse.events) and these.
 PENDING, RUNNING, TRAINED, STORED = "pending", "running", "trained", "stored"
-STATES = (RUNNING, PENDING, TRAINED, COMPLETE, FAILED, STOPPED, STORED)  # the order of the counts
-FINISHED = frozenset({TRAINED, COMPLETE, FAILED, STOPPED, STORED})
+STATES = (RUNNING, PENDING, TRAINED, COMPLETE, FAILED, STOPPED, OUTSIDE, STORED)  # the order of the counts
+FINISHED = frozenset({TRAINED, COMPLETE, FAILED, STOPPED, OUTSIDE, STORED})
+CONTENDED = "contended"  # what the latency cell adds to a latency measured while other work ran
 RATE_WINDOW_S = 60.0  # the study ETA's rate is measured over the last minute
 
 
@@ -89,6 +94,7 @@ class TrialState:
     params: int | None = None
     fid: float | None = None
     latency_s: float | None = None
+    latency_contended: bool = False  # measured while other work ran: not ranked
     error: str = ""
     started_at: float | None = None
     finished_at: float | None = None
@@ -183,20 +189,26 @@ class TrialBoard:
                 t.state, t.step, t.loss, t.error = RUNNING, 0, None, ""
                 t.started_at, t.finished_at, t.rate_ref, t.last_train = now, None, None, None
                 t.start_seq, t.train_events = self._starts, 0
+                self._latency(t, data)  # measured before training, when the event says it
             elif kind == TRAIN:
                 self._train(t, now, int(data.get("step", t.step)), data.get("loss"))
             elif kind == COMPLETE:
                 self._finish(t, now, COMPLETE if _num(data.get("latency_s")) != "-" else TRAINED)
                 t.params = data.get("params", t.params)
                 t.fid = data.get("fid", t.fid)
-                t.latency_s = data.get("latency_s", t.latency_s)
+                self._latency(t, data)
                 if t.total_steps and t.step < t.total_steps and t.last_train is not None:
                     t.step = t.total_steps  # trained to the end; the last train event may be a few steps short
             elif kind == LATENCY:
-                t.latency_s = data.get("latency_s", t.latency_s)
+                self._latency(t, data)
                 t.params = data.get("params", t.params)
                 t.fid = data.get("fid", t.fid)
                 self._finish(t, now, COMPLETE)
+            elif kind == OUTSIDE:
+                self._latency(t, data)
+                t.params = data.get("params", t.params)
+                t.error = first_line(data.get("reason")) or "outside the constraints"
+                self._finish(t, now, OUTSIDE)
             elif kind in (FAILED, STOPPED):
                 t.error = first_line(data.get("error")) or kind  # FAILED or STOPPED: the status names itself
                 self._finish(t, now, kind)
@@ -225,6 +237,12 @@ class TrialBoard:
             t.loss = float(loss) if loss is not None else t.loss
         except (TypeError, ValueError):
             pass
+
+    @staticmethod
+    def _latency(t: TrialState, data: dict) -> None:
+        if data.get("latency_s") is not None:
+            t.latency_s = data["latency_s"]
+            t.latency_contended = bool(data.get("latency_contended"))
 
     @staticmethod
     def _finish(t: TrialState, now: float, state: str) -> None:
@@ -290,7 +308,7 @@ class TrialBoard:
         return {
             "trial": t.trial_id, "state": t.activity(), "step": step,
             "loss": _num(t.loss, ".4f"), "fid": _num(t.fid, ".3f"),
-            "latency": _num(t.latency_s, ".4g") + (" s" if _num(t.latency_s) != "-" else ""),
+            "latency": _latency_text(t.latency_s, t.latency_contended),
             "eta": format_duration(t.eta(now)) if t.state == RUNNING else "-",
             "error": t.error,
         }
@@ -340,7 +358,7 @@ class TrialBoard:
 COLUMNS = (("trial", "left"), ("state", "left"), ("step", "right"), ("loss", "right"),
            ("fid", "right"), ("latency", "right"), ("eta", "right"))
 _STYLE = {"training": "cyan", "starting": "cyan", "evaluating": "cyan", COMPLETE: "green", TRAINED: "green",
-          FAILED: "red", STOPPED: "yellow", STORED: "dim", PENDING: "dim"}
+          FAILED: "red", STOPPED: "yellow", OUTSIDE: "dim", STORED: "dim", PENDING: "dim"}
 
 
 TABLE_CHROME_LINES = 7  # lines of the live table besides its rows (title, borders, header, "+N more", one spare)
@@ -402,8 +420,10 @@ class LinePrinter:
                 self.echo(line)
         elif kind == COMPLETE:
             self.echo(f"    {trial_id} trained: {_count(t.params)} params, fid {_num(t.fid)}"
-                      + (f", latency {_num(t.latency_s, '.4g')} s" if t.state == COMPLETE else "")
+                      + (f", latency {_latency_text(t.latency_s, t.latency_contended)}" if t.state == COMPLETE else "")
                       + f"  [{_done(b)}/{n} done]")
+        elif kind == OUTSIDE:
+            self.echo(f"    {trial_id} not trained, outside the constraints: {t.error}  [{_done(b)}/{n} done]")
         elif kind == LATENCY:
             onnx = data.get("latency_onnx_cpu_s")
             self.echo(f"    {trial_id} latency {_num(t.latency_s, '.4g')} s for {data.get('latency_num_images', '?')} images"
@@ -433,6 +453,12 @@ class LinePrinter:
                 + (f", ETA {format_duration(eta)}" if eta is not None else ""))
 
 
+def _latency_text(latency_s: Any, contended: bool = False) -> str:
+    """'0.512 s', '0.512 s contended' (measured while other work ran: not ranked), '-' when unknown."""
+    text = _num(latency_s, ".4g")
+    return "-" if text == "-" else f"{text} s" + (f" {CONTENDED}" if contended else "")
+
+
 def _count(value: Any) -> str:
     try:
         return f"{int(value):,}"
@@ -451,8 +477,9 @@ def live_table(board: TrialBoard, *, enabled: bool = True, console=None, echo: C
     """Show the board while the block runs; yields the `on_event` to hand to `run_study`, whose
     `on_pairs` method takes the teacher-pair progress (`run_study`'s `on_pairs`).
 
-    Live (a `rich` table, redrawn `refresh_per_second` times a second, kept on screen at the end)
-    when `enabled` and the output is a terminal (`console.is_terminal` if a console is given, else
+    Live (a `rich` table, redrawn `refresh_per_second` times a second, kept on screen at the end; it
+    starts with the first event or pair progress, so the lines printed before, such as the latency pass,
+    stay plain lines above it) when `enabled` and the output is a terminal (`console.is_terminal` if a console is given, else
     `sys.stdout.isatty()`); failures and stops are also printed above it, so they stay in the
     scrollback, and so is whatever is written to sys.stdout / sys.stderr meanwhile. The table is
     never taller than the terminal (rows beyond it are counted in "+N more"). Otherwise every
@@ -468,16 +495,32 @@ def live_table(board: TrialBoard, *, enabled: bool = True, console=None, echo: C
     console = console or Console()
     rows = max(1, min(max_rows, console.height - TABLE_CHROME_LINES))
 
-    def on_event(trial_id: str, kind: str, data: dict | None = None) -> None:
-        board.on_event(trial_id, kind, data)
-        if kind in (FAILED, STOPPED):
-            style = "red" if kind == FAILED else "yellow"
-            live.console.print(f"{trial_id} {kind}: {board.trials[trial_id].error}", style=style,
-                               markup=False, highlight=False)
+    with contextlib.ExitStack() as stack:
+        shown: list = []  # the Live display, once started
 
-    on_event.on_pairs = board.on_pairs  # shown in the table's title
-    with Live(console=console, get_renderable=lambda: render_table(board, rows), refresh_per_second=refresh_per_second,
-              transient=False, redirect_stdout=True, redirect_stderr=True) as live:
+        def live():
+            """The Live display, started at the first event: what is printed before (the latency pass,
+            measured before any trial) stays plain lines above it, never under a table being redrawn."""
+            if not shown:
+                shown.append(stack.enter_context(Live(
+                    console=console, get_renderable=lambda: render_table(board, rows),
+                    refresh_per_second=refresh_per_second, transient=False, redirect_stdout=True,
+                    redirect_stderr=True)))
+            return shown[0]
+
+        def on_event(trial_id: str, kind: str, data: dict | None = None) -> None:
+            board.on_event(trial_id, kind, data)
+            display = live()
+            if kind in (FAILED, STOPPED):
+                style = "red" if kind == FAILED else "yellow"
+                display.console.print(f"{trial_id} {kind}: {board.trials[trial_id].error}", style=style,
+                                      markup=False, highlight=False)
+
+        def on_pairs(done: int, total: int, rate: float) -> None:
+            board.on_pairs(done, total, rate)  # shown in the table's title
+            live()
+
+        on_event.on_pairs = on_pairs
         yield on_event
 
 
@@ -504,15 +547,19 @@ def _fid_cells(rows: Sequence[dict]) -> list[str]:
 def summary_lines(
     *, num_complete: int, num_failed: int, num_stopped: int = 0, skipped: int = 0, elsewhere: int = 0,
     front: Sequence[dict] = (), results: str | Path | None = None, report: str | Path | None = None,
-    elapsed_s: float | None = None, warnings: Sequence[str] = (),
+    elapsed_s: float | None = None, warnings: Sequence[str] = (), outside: int = 0, contended: Sequence[dict] = (),
 ) -> list[str]:
-    """The closing lines: counts, the points of the noise-aware Pareto front as an aligned table
-    (trial, n, params, fid ± the half-width of its CONFIDENCE interval, latency, status front/tied;
-    rows as `StudyOutcome.front` has them), the warnings (`StudyOutcome.warnings`), where the results
-    and the report are."""
+    """The closing lines: counts (`outside`: trials not trained, their candidate outside the
+    constraints), the points of the noise-aware Pareto front as an aligned table (trial, n, params,
+    fid ± the half-width of its CONFIDENCE interval, latency, status front/tied; rows as
+    `StudyOutcome.front` has them), the points whose latency was contended (`contended`: rows with
+    trial_id or candidate_id; not ranked) and how to measure them again, the warnings
+    (`StudyOutcome.warnings`), where the results and the report are."""
     counts = [f"{num_complete} complete", f"{num_failed} failed"]
     if num_stopped:
         counts.append(f"{num_stopped} stopped")
+    if outside:
+        counts.append(f"{outside} outside the constraints (not trained)")
     if skipped:
         counts.append(f"{skipped} already in the store")
     if elsewhere:
@@ -525,8 +572,8 @@ def summary_lines(
                      f"front point at {pct}):")
         table = [("trial", "n", "params", "fid", "latency", "status")] + [
             (str(r.get("trial_id", "?")), _count(r.get("n")), _count(r.get("params")), fid,
-             _num(r.get("latency_s"), ".4g") + (" s" if _num(r.get("latency_s")) != "-" else ""),
-             str(r.get("front_status") or "-"))
+             _latency_text(r.get("latency_s")),
+             CONTENDED_STATUS if r.get("latency_contended") in (True, 1) else str(r.get("front_status") or "-"))
             for r, fid in zip(front, _fid_cells(front))
         ]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -535,7 +582,11 @@ def summary_lines(
                 cell.ljust(w) if i in (0, 5) else cell.rjust(w)
                 for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
     else:
-        lines.append("Pareto front: empty (no trial has all of params, fid and latency)")
+        lines.append("Pareto front: empty (no trial has all of params, fid and "
+                     + ("an uncontended latency)" if contended else "latency)"))
+    if contended:
+        names = ", ".join(str(r.get("trial_id") or r.get("candidate_id") or "?") for r in contended)
+        lines.append(f"{CONTENDED_STATUS}: {names} (latency measured while other work ran); {CONTENDED_FIX}")
     lines += [f"warning: {w}" for w in warnings]
     if results is not None:
         lines.append(f"results: {results}")
@@ -554,5 +605,6 @@ def outcome_summary(outcome: Any, elapsed_s: float | None = None) -> list[str]:
         elsewhere=getattr(outcome, "elsewhere", 0),
         front=outcome.front, results=f"{store.root}/*.parquet" if store is not None else None,
         report=getattr(outcome, "report_path", None), elapsed_s=elapsed_s,
-        warnings=getattr(outcome, "warnings", ()),
+        warnings=getattr(outcome, "warnings", ()), outside=getattr(outcome, "outside", 0),
+        contended=getattr(outcome, "contended", ()),
     )

@@ -9,13 +9,18 @@ declared columns, with their declared types, however many files there are (none 
 - `points`: one row per point of a study (a candidate x training over its training seeds,
   `dse.stats.group_points`): study, candidate_id, n, seeds and trial_ids (comma-separated text), the
   architecture and training, params, fid with fid_sd, fid_low, fid_high (the 95% interval of the mean),
-  latency_s with latency_s_low/high, label_agreement, still_improving (the fraction of its rows),
-  and its place in the noise-aware front (`dse.pareto.noise_aware_front`): pareto_rank (plain rank
-  on the means), front_status (front, tied or dominated) and tied_with (comma-separated candidate ids).
+  latency_s with latency_s_sd, latency_s_low/high (its distinct measurements: the seeds of one
+  architecture share one, which counts once; `dse.stats`), latency_p90_s, latency_cached (every row's
+  latency came from the latency cache), latency_contended (its latency was contended: missing, so the
+  point is not ranked), label_agreement, still_improving (the fraction of its rows), and its place in
+  the noise-aware front (`dse.pareto.noise_aware_front`): pareto_rank (plain rank on the means),
+  front_status (front, tied or dominated; NULL when not ranked) and tied_with (comma-separated
+  candidate ids).
 - `pareto`: the rows of `trials` whose point is on its study's noise-aware front: front (plain rank
-  0 over params, fid and latency_s, all minimised, complete rows with all three present) or tied
-  (not clearly dominated at 95%: the data cannot separate it from the front), plus pareto_rank,
-  front_status, tied_with, and the point's n, fid_low and fid_high.
+  0 over params, fid and latency_s, all minimised, complete rows with all three present, the latency
+  not contended) or tied (not clearly dominated at 95%: the data cannot separate it from the front),
+  plus pareto_rank, front_status, tied_with, and the point's n, fid_low, fid_high, latency_s_low and
+  latency_s_high.
 
 Reads only: the SQL must be one SELECT (or EXPLAIN), and the connection may open the results files
 and no other file (DuckDB's allowed_paths, with external access off and the configuration locked),
@@ -164,14 +169,18 @@ _POINT_COLUMNS = (
     ("depth", "BIGINT"), ("width", "BIGINT"), ("heads", "BIGINT"), ("setup", "VARCHAR"), ("loss", "VARCHAR"),
     ("variant", "VARCHAR"), ("steps", "BIGINT"), ("guidance", "DOUBLE"), ("params", "BIGINT"), ("fid", "DOUBLE"),
     ("fid_sd", "DOUBLE"), ("fid_low", "DOUBLE"), ("fid_high", "DOUBLE"), ("latency_s", "DOUBLE"),
-    ("latency_s_low", "DOUBLE"), ("latency_s_high", "DOUBLE"), ("label_agreement", "DOUBLE"),
+    ("latency_s_sd", "DOUBLE"), ("latency_s_low", "DOUBLE"), ("latency_s_high", "DOUBLE"), ("latency_p90_s", "DOUBLE"),
+    ("latency_cached", "BOOLEAN"), ("latency_contended", "BOOLEAN"), ("label_agreement", "DOUBLE"),
     ("still_improving", "DOUBLE"), ("pareto_rank", "BIGINT"), ("front_status", "VARCHAR"), ("tied_with", "VARCHAR"),
 )
-_PARETO_EXTRA = ("pareto_rank", "front_status", "tied_with", "n", "fid_low", "fid_high")
-# what grouping rows into points reads of them
-_POINT_INPUTS = ("trial_id", "status", "candidate_id", "seed", "depth", "width", "heads", "mlp_ratio", "patch_size",
-                 "setup", "loss", "variant", "steps", "guidance", "params", "proposed", "dataset", "fid", "fid_std",
-                 "latency_s", "label_agreement", "still_improving", "final_loss")
+_PARETO_EXTRA = ("pareto_rank", "front_status", "tied_with", "n", "fid_low", "fid_high", "latency_s_low",
+                 "latency_s_high")
+# what grouping rows into points reads of them (those the store declares)
+_POINT_INPUTS = tuple(c for c in (
+    "trial_id", "status", "candidate_id", "seed", "depth", "width", "heads", "mlp_ratio", "patch_size", "setup", "loss",
+    "variant", "steps", "guidance", "params", "proposed", "dataset", "fid", "fid_std", "latency_s", "latency_s_std",
+    "latency_key", "latency_measured_at", "latency_contended", "latency_p90_s", "latency_cached", "label_agreement",
+    "still_improving", "final_loss") if c in COLUMN_NAMES)
 
 
 def _text_list(values) -> str | None:
@@ -200,7 +209,7 @@ def _create_points(con) -> None:
         for p in pts[pts["front_status"].isin([FRONT, TIED])].to_dict("records"):
             for tid in p["trial_ids"]:
                 front_rows.append((*keys[tid], p["pareto_rank"], p["front_status"], _text_list(p["tied_with"]),
-                                   p["n"], p["fid_low"], p["fid_high"]))
+                                   p["n"], p["fid_low"], p["fid_high"], p["latency_s_low"], p["latency_s_high"]))
     names = [c for c, _ in _POINT_COLUMNS]
     con.execute(f"CREATE TABLE _points ({', '.join(f'{c} {t}' for c, t in _POINT_COLUMNS)})")
     if points:
@@ -213,9 +222,10 @@ def _create_points(con) -> None:
                     "FROM _points_df")
         con.unregister("_points_df")
     con.execute("CREATE TABLE _front (_file VARCHAR, _file_row BIGINT, pareto_rank BIGINT, front_status VARCHAR, "
-                "tied_with VARCHAR, n BIGINT, fid_low DOUBLE, fid_high DOUBLE)")
+                "tied_with VARCHAR, n BIGINT, fid_low DOUBLE, fid_high DOUBLE, latency_s_low DOUBLE, "
+                "latency_s_high DOUBLE)")
     if front_rows:
-        con.executemany("INSERT INTO _front VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        con.executemany("INSERT INTO _front VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [[None if is_null(v) else (v.item() if hasattr(v, "item") else v) for v in r]
                          for r in front_rows])
     con.execute(f"CREATE VIEW points AS SELECT {', '.join(names)} FROM _points")

@@ -8,6 +8,13 @@ one per candidate x training, over its training seeds), places them on the noise
 confidence intervals as error bars and the points tied with the front drawn apart, a table of the
 points, the findings, the training curves, the sample grids at a size where 8x8 digits can be seen,
 and the trials that did not complete; `write_report` does both and writes the page atomically.
+
+Latency is measured before training: the study's constraints (`Constraints`: max params, max latency)
+are drawn as dashed lines on every 2-D plot with a params or latency axis, and the candidates they
+kept from training (`ExcludedCandidate`) are listed in their own section and drawn as grey crosses on
+the params-latency plot. A point whose latency was contended (other work ran while it was timed) is
+not ranked; the page says how many there are and how to measure them again.
+
 Imports neither torch nor ray; pandas and plotly only inside functions, so `import dse.report` is cheap.
 """
 
@@ -16,19 +23,21 @@ from __future__ import annotations
 import html
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dse.config import format_count, parse_latency
 from dse.convergence import parse_curve, study_warnings
 from dse.errors import DseError
 from dse.events import COMPLETE, FAILED, STOPPED
 from dse.fileio import atomic_write
 from dse.findings import CANNOT_TELL, DOES_NOT_HOLD, HOLDS, Finding, findings, with_unknown_spreads
 from dse.pareto import DEFAULT_OBJECTIVES, DOMINATED, FRONT, TIED, noise_aware_front
-from dse.stats import CONFIDENCE, Estimate, estimate_of, group_points
+from dse.stats import CONFIDENCE, CONTENDED_FIX, CONTENDED_STATUS, Estimate, estimate_of, group_points
 from dse.store import is_null
 
 if TYPE_CHECKING:
@@ -46,8 +55,11 @@ _OTHER = {"color": "#8a94a6", "symbol": "circle", "size": 8}
 _FRONT = {"color": "#e8590c", "symbol": "diamond", "size": 12}
 _TIED = {"color": "#e8590c", "symbol": "diamond-open-dot", "size": 12, "line": {"width": 2}}  # half-filled
 _RULE = {"color": "#1864ab", "symbol": "circle-open", "size": 24, "line": {"width": 2.5}}  # a ring around the point
+_EXCLUDED = {"color": "#adb5bd", "symbol": "x", "size": 9}  # measured, outside the constraints, never trained
+_LIMIT = {"line_dash": "dash", "line_color": "#c92a2a", "line_width": 1.5}  # a constraint's line
 _SYMBOLS_3D = {"diamond-open-dot": "diamond-open"}  # 3-D scatter plots know fewer symbols
 TIED_LEGEND = "tied with the front (within noise)"
+EXCLUDED_LEGEND = "outside the constraints (not trained)"
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,9 @@ class PointRecord:
     still_improving: float | None  # the fraction of its rows whose loss was still falling at the end
     samples_png: str | None = None  # the sample grid of its first row (one row per class), if it has one
     num_classes: int = DEFAULT_NUM_CLASSES
+    latency_p90_s: float | None = None  # the 90th percentile of its latency measurement's repeats
+    latency_cached: bool | None = None  # its latency came from the latency cache (None: the rows do not say)
+    latency_contended: bool = False  # its latency was contended: missing, so the point is not ranked
 
     @property
     def name(self) -> str:
@@ -153,6 +168,55 @@ class Curve:
 
 
 @dataclass(frozen=True)
+class Constraints:
+    """The study's constraints, applied before training: `max_params` (a count), `max_latency` as the
+    user wrote it ("2ms" per image, "30s/50000" per N images) and the same as seconds per image."""
+
+    max_params: int | None = None
+    max_latency: str = ""
+    max_latency_per_image_s: float | None = None
+
+    @property
+    def params_label(self) -> str:
+        return f"max params {format_count(self.max_params)}" if self.max_params is not None else ""
+
+    @property
+    def latency_label(self) -> str:
+        """'max latency 2ms/image', 'max latency 30s/50000'; '' without a latency constraint."""
+        if self.max_latency_per_image_s is None:
+            return ""
+        text = self.max_latency.strip() or f"{self.max_latency_per_image_s * 1000:g}ms"
+        return f"max latency {text}" + ("" if "/" in text else "/image")
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(label for label in (self.params_label, self.latency_label) if label)
+
+
+@dataclass(frozen=True)
+class ExcludedCandidate:
+    """A candidate whose latency was measured but that was never trained: outside the constraints."""
+
+    depth: int
+    width: int
+    heads: int
+    params: int | None
+    latency_s: float | None  # seconds for latency_num_images images
+    latency_per_image_ms: float | None
+    latency_num_images: int | None
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return arch_name(self.depth, self.width, self.heads)
+
+    def value(self, objective: str) -> float | None:
+        """Its value of a params or latency objective (None for any other: it has no FID)."""
+        return {"params": self.params, "latency_s": self.latency_s,
+                "latency_per_image_ms": self.latency_per_image_ms}.get(objective)
+
+
+@dataclass(frozen=True)
 class ReportData:
     """Everything the HTML page shows; points and front ids are sorted by params."""
 
@@ -171,6 +235,31 @@ class ReportData:
     findings: tuple[Finding, ...] = ()
     warnings: tuple[str, ...] = ()  # about convergence (dse.convergence.study_warnings)
     confidence: float = CONFIDENCE
+    constraints: Constraints | None = None
+    excluded: tuple[ExcludedCandidate, ...] = ()
+    latency_num_images: int | None = None  # the images one latency_s is for, when all rows share one count
+
+    @property
+    def contended(self) -> tuple[PointRecord, ...]:
+        """The points whose latency was contended: not ranked until measured again on a quiet machine."""
+        return tuple(p for p in self.points if p.latency_contended)
+
+    def limit(self, objective: str) -> float | None:
+        """Where a constraint lies on the objective's axis: max_params on params; the latency limit in
+        the axis' unit on latency_s (s for latency_num_images images) and latency_per_image_ms; None
+        when there is none (or latency_s's image count is not one number)."""
+        c = self.constraints
+        if c is None:
+            return None
+        if objective == "params":
+            return None if c.max_params is None else float(c.max_params)
+        if c.max_latency_per_image_s is None:
+            return None
+        if objective == "latency_per_image_ms":
+            return c.max_latency_per_image_s * 1000
+        if objective == "latency_s" and self.latency_num_images:
+            return c.max_latency_per_image_s * self.latency_num_images
+        return None
 
     @property
     def proposed_matched(self) -> bool:
@@ -212,11 +301,17 @@ def compute_report_data(
     proposed: Mapping[str, int] | None = None,
     objectives: Sequence[str] = DEFAULT_OBJECTIVES,
     title: str = "dse report",
+    constraints: Mapping[str, Any] | Constraints | None = None,
+    excluded: Sequence[Mapping[str, Any]] = (),
 ) -> ReportData:
     """What the report shows for the results `df` (one row per trial).
 
     `objectives` are three minimised columns, in the order size, quality, speed;
-    `proposed` is the design-rule architecture {"depth", "width", "heads", "params"}, or None.
+    `proposed` is the design-rule architecture {"depth", "width", "heads", "params"}, or None;
+    `constraints` {"max_params": int | None, "max_latency": "2ms" (as written, or ""),
+    "max_latency_per_image_s": float | None}, or None; `excluded` the candidates measured but never
+    trained because outside them: {depth, width, heads, params, latency_s, latency_per_image_ms,
+    latency_num_images, reason} each.
     """
     if len(objectives) != 3:
         raise DseError(f"a report needs three objectives (size, quality, speed), got {list(objectives)}")
@@ -230,6 +325,8 @@ def compute_report_data(
     trials = sorted((_trial(row) for row in rows), key=lambda t: (t.params is None, t.params or 0, t.trial_id))
     points = _points(df, objectives, arch) if rows else []
     complete = df[df["status"] == COMPLETE] if len(df) else df
+    limits = _constraints(constraints)
+    left_out = tuple(_excluded(e) for e in excluded)
     return ReportData(
         title=title,
         objectives=tuple(_objective(name, complete) for name in objectives),
@@ -245,7 +342,60 @@ def compute_report_data(
         provenance=_provenance(complete, quality=objectives[1]),
         findings=tuple(findings(df)) if rows and set(objectives) == set(DEFAULT_OBJECTIVES) else (),
         warnings=tuple(study_warnings(df)) if rows else (),
+        constraints=limits,
+        excluded=left_out,
+        latency_num_images=_latency_num_images(complete, left_out),
     )
+
+
+def _constraints(constraints: Mapping[str, Any] | Constraints | None) -> Constraints | None:
+    """The constraints as a Constraints (None when there are none); a DseError for a value that is no
+    count or time. A max_latency text without its seconds per image is parsed (dse.config.parse_latency)."""
+    if constraints is None or isinstance(constraints, Constraints):
+        return constraints if constraints is None or constraints.labels else None
+    if not isinstance(constraints, Mapping):
+        raise DseError(f"report constraints must be a mapping of max_params, max_latency and "
+                       f"max_latency_per_image_s, not {type(constraints).__name__}")
+    unknown = sorted(set(constraints) - {"max_params", "max_latency", "max_latency_per_image_s"})
+    if unknown:
+        raise DseError(f"unknown report constraint(s) {', '.join(unknown)}: "
+                       "use max_params, max_latency and max_latency_per_image_s")
+    params, text = constraints.get("max_params"), constraints.get("max_latency") or ""
+    per_image = constraints.get("max_latency_per_image_s")
+
+    def positive(value: Any) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+    if params is not None and not (positive(params) and float(params) >= 1):
+        raise DseError(f"report constraint max_params must be a positive count, not {params!r}")
+    if per_image is not None and not positive(per_image):
+        raise DseError("report constraint max_latency_per_image_s must be a positive number of seconds, "
+                       f"not {per_image!r}")
+    if per_image is None and str(text).strip():
+        seconds, images = parse_latency(str(text))
+        per_image = seconds / images
+    out = Constraints(None if params is None else int(params), str(text).strip(),
+                      None if per_image is None else float(per_image))
+    return out if out.labels else None
+
+
+def _excluded(entry: Mapping[str, Any]) -> ExcludedCandidate:
+    """An excluded candidate from its dict; a DseError when its architecture is not named."""
+    try:
+        depth, width, heads = (int(entry[k]) for k in ("depth", "width", "heads"))
+    except (KeyError, TypeError, ValueError):
+        raise DseError(f"an excluded candidate needs integer depth, width and heads; got {dict(entry)!r}") from None
+    return ExcludedCandidate(depth, width, heads, _integer(entry.get("params")), _number(entry.get("latency_s")),
+                             _number(entry.get("latency_per_image_ms")), _integer(entry.get("latency_num_images")),
+                             _text(entry.get("reason")) or "outside the constraints")
+
+
+def _latency_num_images(complete: pd.DataFrame, excluded: Sequence[ExcludedCandidate]) -> int | None:
+    """The image count of latency_s when the plotted rows (else the excluded candidates) share one."""
+    counts = {int(c[0]) for c in _distinct(complete, ["latency_num_images"])} if len(complete) else set()
+    if not counts:
+        counts = {e.latency_num_images for e in excluded if e.latency_num_images}
+    return counts.pop() if len(counts) == 1 else None
 
 
 def _proposed_arch(proposed: Mapping[str, int] | None) -> ProposedArch | None:
@@ -316,6 +466,9 @@ def _points(df: pd.DataFrame, objectives: Sequence[str], arch: ProposedArch | No
             still_improving=_number(p.get("still_improving")),
             samples_png=_text(p.get("samples_png")),
             num_classes=classes,
+            latency_p90_s=_number(p.get("latency_p90_s")),
+            latency_cached=None if is_null(p.get("latency_cached")) else bool(p.get("latency_cached")),
+            latency_contended=not is_null(p.get("latency_contended")) and bool(p.get("latency_contended")),
         ))
     return sorted(out, key=lambda p: (p.params is None, p.params or 0, p.candidate_id))
 
@@ -365,6 +518,8 @@ def _objective(name: str, complete: pd.DataFrame) -> Objective:
     if name == "latency_s":
         counts = _distinct(complete, ["latency_num_images"])
         return Objective(name, "latency", f"latency (s for {counts[0][0] if len(counts) == 1 else 'N'} images)")
+    if name == "latency_per_image_ms":
+        return Objective(name, "latency", "latency (ms per image)")
     short = _QUALITY_NAMES.get(name, name)
     return Objective(name, short, f"{short} (lower is better)")
 
@@ -404,6 +559,7 @@ def render_html(data: ReportData) -> str:
 <h1>{e(data.title)}</h1>
 <p class="summary">{_summary(data)}</p>
 <p class="confidence">{_confidence_html(data)}</p>
+{_contended_html(data)}
 {_design_rule_html(data)}
 {_convergence_html(data)}
 {_provenance_html(data)}
@@ -416,6 +572,7 @@ def render_html(data: ReportData) -> str:
 <h2>Points</h2>
 {_table_html(data, formats)}
 </section>
+{_excluded_html(data)}
 <section>
 <h2>Findings: the paper's principles on this study</h2>
 {_findings_html(data)}
@@ -442,22 +599,41 @@ def _plural(n: int, noun: str) -> str:
 def _summary(data: ReportData) -> str:
     names = ", ".join(html.escape(o.short) for o in data.objectives)
     stopped = f", {data.n_stopped} stopped" if data.n_stopped else ""
+    constraints = ""
+    if data.constraints is not None:
+        constraints = (f" · constraints: {html.escape(', '.join(data.constraints.labels))} "
+                       f"({_plural(len(data.excluded), 'candidate')} outside, not trained)")
     return (
         f"{_plural(len(data.trials), 'trial')}: {data.n_complete} complete, {data.n_failed} failed{stopped} · "
         f"{_plural(len(data.points), 'point')} (a candidate over its training seeds) · "
         f"{len(data.front_ids)} on the Pareto front of {names} (all minimised), "
-        f"{len(data.tied_ids)} tied with it"
+        f"{len(data.tied_ids)} tied with it{constraints}"
     )
+
+
+def _contended_html(data: ReportData) -> str:
+    """A notice counting the points whose latency was contended, and how to measure them again."""
+    points = data.contended
+    if not points:
+        return ""
+    names = _point_names(data)
+    which = ", ".join(names[p.candidate_id] for p in points)
+    return (f'<p class="warning contended">{_plural(len(points), "point")} had a contended latency (other work '
+            f"ran on the machine while it was timed, even after re-measuring) and {'is' if len(points) == 1 else 'are'}"
+            f" not ranked: {html.escape(which)}. Fix: {html.escape(CONTENDED_FIX)}.</p>")
 
 
 def _confidence_html(data: ReportData) -> str:
     c = f"{data.confidence:.0%}"
     return (
         f"Every interval is the {c} confidence interval of a point's mean: over its training seeds when it has "
-        f"two or more, else from the trial's own FID bootstrap; \"no interval\" where neither is known. "
+        f"two or more, else from the trial's own FID bootstrap; \"no interval\" where neither is known. A latency's "
+        f"interval is that of its measurement (the spread of its timed repeats, and at least a floor for the "
+        f"variation between runs): it is measured once per architecture, so the seeds of one share it and it does "
+        f"not narrow with them. "
         f"A point is <b>dominated</b> only when the evidence says so: another point is better on the means and at "
         f"least as good in every objective at {c} confidence (no larger in an exact one such as params, clearly "
-        f"better in a noisy one such as FID). A point is <b>tied with the front</b> (within noise) when the data "
+        f"better in a noisy one such as FID or latency). A point is <b>tied with the front</b> (within noise) when the data "
         f"cannot separate it from a point that beats it: it is off the front of the means but no point dominates "
         f"it in this sense, or it is on that front only by an advantage within the noise (another point is clearly "
         f"better somewhere and clearly worse nowhere). The plain Pareto rank of the means is shown beside it."
@@ -529,7 +705,8 @@ def format_interval(est: Estimate, spec: str) -> str:
 
 
 def status_text(p: PointRecord, names: Mapping[str, str] | None = None) -> str:
-    """'front', 'tied with X, Y', 'dominated by Y' (point names), or '–' when the point is not ranked."""
+    """'front', 'tied with X, Y', 'dominated by Y' (point names), 'latency contended: not ranked', or '–'
+    when the point is not ranked for another reason (an objective is missing)."""
     names = names or {}
     if p.front_status == FRONT:
         return "front"
@@ -537,6 +714,8 @@ def status_text(p: PointRecord, names: Mapping[str, str] | None = None) -> str:
         return "tied with " + (", ".join(names.get(c, c) for c in p.tied_with) or "the front")
     if p.front_status == DOMINATED:
         return "dominated by " + ", ".join(names.get(c, c) for c in p.dominated_by)
+    if p.latency_contended:
+        return CONTENDED_STATUS
     return "–"
 
 
@@ -561,10 +740,23 @@ def _hover(
     e = html.escape
     lines = [f"<b>{e(p.name)}</b>  {e(_training(p))}", e(f"n={p.n}, seeds {', '.join(map(str, p.seeds)) or '–'}")]
     lines += [f"{e(o.short)}: {e(format_interval(p.estimates[o.name], formats[o.name]))}" for o in objectives]
+    details = _latency_details(p, formats)
+    if details:
+        lines.append(e(details))
     lines.append(e(status_text(p, names)) + ("" if p.rank is None else f" · plain rank {p.rank}"))
     if p.is_proposed:
         lines.append("design rule")
     return "<br>".join(lines)
+
+
+def _latency_details(p: PointRecord, formats: Mapping[str, str]) -> str:
+    """'latency p90 0.520 s · from the cache' (what is known of it), or ''."""
+    parts = []
+    if p.latency_p90_s is not None:
+        parts.append(f"latency p90 {format(p.latency_p90_s, formats.get('latency_s', '.4g'))} s")
+    if p.latency_cached is not None:
+        parts.append("from the cache" if p.latency_cached else "measured in this study")
+    return " · ".join(parts)
 
 
 def _figure(data: ReportData, axes: tuple[int, ...], formats: Mapping[str, str]) -> go.Figure:
@@ -584,8 +776,45 @@ def _figure(data: ReportData, axes: tuple[int, ...], formats: Mapping[str, str])
             fig.add_trace(_trace(data, axes, points, formats, names, name=name, marker=marker))
     if data.proposed is not None and not groups[-1][1] and len(axes) == 2:
         _add_untrained_rule(fig, data, axes)
+    if len(axes) == 2:
+        _add_excluded(fig, data, axes, formats)
+        _add_limits(fig, data, axes)
     fig.update_layout(_layout(data, axes))
     return fig
+
+
+def _add_limits(fig: go.Figure, data: ReportData, axes: tuple[int, ...]) -> None:
+    """A dashed line at each constraint on a 2-D plot's params or latency axis, labelled with it."""
+    c = data.constraints
+    if c is None:
+        return
+    for k, a in zip("xy", axes):
+        name = data.objectives[a].name
+        at = data.limit(name)
+        if at is None:
+            continue
+        label = c.params_label if name == "params" else c.latency_label
+        if k == "x":
+            fig.add_vline(x=at, annotation_text=label, annotation_position="top right", **_LIMIT)
+        else:
+            fig.add_hline(y=at, annotation_text=label, annotation_position="top left", **_LIMIT)
+
+
+def _add_excluded(fig: go.Figure, data: ReportData, axes: tuple[int, ...], formats: Mapping[str, str]) -> None:
+    """Grey crosses for the candidates outside the constraints, on a plot whose two axes they have
+    values of (params and latency: they have no FID)."""
+    import plotly.graph_objects as go
+
+    names = [data.objectives[a].name for a in axes]
+    shown = [e for e in data.excluded if all(e.value(n) is not None for n in names)]
+    if not shown:
+        return
+    hover = [html.escape(f"{e.name}: {_format(e.params, ',.0f')} params, latency "
+                         f"{_format(e.value(names[1] if names[0] == 'params' else names[0]), '.4g')}") + "<br>"
+             + html.escape(e.reason) for e in shown]
+    fig.add_trace(go.Scatter(x=[e.value(names[0]) for e in shown], y=[e.value(names[1]) for e in shown],
+                             mode="markers", name=EXCLUDED_LEGEND, marker=_EXCLUDED, hoverinfo="text",
+                             hovertext=hover))
 
 
 def _error_bars(points: Sequence[PointRecord], objective: str) -> dict[str, Any] | None:
@@ -709,6 +938,31 @@ def _table_html(data: ReportData, formats: Mapping[str, str]) -> str:
     )
 
 
+def _excluded_html(data: ReportData) -> str:
+    """The candidates measured but never trained, because outside the constraints: a table."""
+    if not data.excluded:
+        return ""
+    e = html.escape
+    limits = f" ({e(', '.join(data.constraints.labels))})" if data.constraints is not None else ""
+    n = data.latency_num_images
+    head = "".join(f'<th class="{"num" if num else ""}">{e(h)}</th>' for h, num in (
+        ("architecture", False), ("params", True), (f"latency (s for {n or 'N'} images)", True),
+        ("latency (ms per image)", True), ("reason", False)))
+    rows = "\n".join(
+        f'<tr><td class="arch">{e(c.name)}</td><td class="num">{_format(c.params, ",.0f")}</td>'
+        f'<td class="num">{_format(c.latency_s, ".4g")}</td>'
+        f'<td class="num">{_format(c.latency_per_image_ms, ".4g")}</td>'
+        f"<td>{e(c.reason)}</td></tr>"
+        for c in data.excluded)
+    speed = data.objectives[2].name if data.objectives else ""
+    drawn = bool(data.plotted) and any(c.params is not None and c.value(speed) is not None for c in data.excluded)
+    crosses = " Grey crosses on the params-latency plot." if drawn else ""
+    return (f"<section>\n<h2>Outside the constraints (not trained)</h2>\n<p class=\"legend\">Measured before "
+            f"training{limits}, never trained: they have no FID.{crosses}</p>\n"
+            f'<table class="excluded">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>\n'
+            "</section>")
+
+
 def _improving_text(p: PointRecord) -> str:
     if p.still_improving is None:
         return "–"
@@ -724,7 +978,11 @@ def _table_row(
     e = html.escape
     classes = " ".join(c for c, on in [("front", p.on_front), ("tied", p.tied)] if on)
     arch = e(p.name) + (' <span class="badge">design rule</span>' if p.is_proposed else "")
-    values = "".join(f'<td class="num">{e(format_interval(p.estimates[o.name], formats[o.name]))}</td>' for o in others)
+    details = _latency_details(p, formats)
+    values = "".join(
+        f'<td class="num">{e(format_interval(p.estimates[o.name], formats[o.name]))}'
+        + (f'<br><span class="sub">{e(details)}</span>' if o.name == "latency_s" and details else "") + "</td>"
+        for o in others)
     agreement = "–" if p.label_agreement is None else f"{p.label_agreement:.2f}"
     guidance = "–" if p.guidance is None else f"{p.guidance:g}"
     link = f'<a href="#{_anchor(p)}">grid</a>' if _png(p.samples_png) else "–"
@@ -914,6 +1172,7 @@ td .badge { margin-left: 6px; }
 img.samples { image-rendering: pixelated; max-width: 100%; height: auto;
               border: 1px solid #dee2e6; }
 .legend { font-size: 12px; color: #495057; margin: 0 0 6px; }
+.sub { font-size: 11px; color: #868e96; }
 .swatch { display: inline-block; width: 12px; height: 12px; vertical-align: -2px; margin: 0 5px 0 12px;
           background: #fff4e6; border: 1px solid #e8590c; border-radius: 2px; }
 .swatch:first-child { margin-left: 0; }

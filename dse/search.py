@@ -30,18 +30,24 @@ one path.
 Successive halving (`rung_steps`, `halving_keeps`, `SuccessiveHalving`): rungs at
 total/eta^(k-1), ..., total/eta training steps for k = `rungs` (the k-th rung, the full run, is where
 a trial completes and its FID decides). When a trial first reports at or past a rung, it is recorded
-there with its loss, and ranked by non-dominated sorting over (params, loss) among every trial
-recorded at that rung with the same training (setup, loss function, length: losses of different
-kinds are not comparable). It goes on when it is on the front (rank 0: it is never stopped while
-nobody beats it in both size and loss) or among the best ceil(n / eta) of the n recorded by
-(rank, loss, params); otherwise it is stopped. Trials that arrive later are compared to those
-recorded before them, as in asynchronous successive halving (Li et al. 2020, ASHA), so nobody waits.
+there with its size, its latency (measured before training, so known at every rung) and its loss, and
+ranked by non-dominated sorting over (params, latency, loss) among every trial recorded at that rung
+with the same training (setup, loss function, length: losses of different kinds are not comparable).
+It goes on when it is on the front (rank 0: it is never stopped while nobody beats it in size, speed
+and loss at once) or among the best ceil(n / eta) of the n recorded by (rank, loss, params, latency,
+order of arrival); otherwise it is stopped. Latency counts only when every trial ranked at the rung has
+a usable one (`usable_latency`: measured, finite and not contended); if one lacks it, that rung ranks all
+of them over (params, loss), as before latency was known, so a missing latency neither makes a trial
+immune (a missing objective takes no part in the sort) nor gets it stopped for a speed it was never
+measured at. Trials that arrive later are compared to those recorded before them, as in asynchronous
+successive halving (Li et al. 2020, ASHA), so nobody waits.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+import numbers
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -209,25 +215,62 @@ def rung_steps(total_steps: int, rungs: int, eta: int) -> list[int]:
     return steps
 
 
+def usable_latency(row: Mapping) -> float | None:
+    """A row's (or a spec's `latency_row`'s) `latency_s` when it can be ranked on: a finite number from a
+    measurement that was not contended (`latency_contended` not true); else None, as if it were missing
+    (a contended figure may be many times the real one, so it is never ranked)."""
+    value, contended = row.get("latency_s"), row.get("latency_contended")
+    try:
+        if contended is not None and contended == contended and bool(contended):  # NaN / None: not known
+            return None
+    except TypeError:  # pandas' NA: not known to be contended
+        pass
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+HALVING_OBJECTIVES = ("params", "latency", "loss")  # what a rung ranks on, all minimised
+HALVING_FALLBACK = ("params", "loss")  # ... when a trial ranked there has no usable latency
+
+
 @dataclass(frozen=True)
 class Partial:
-    """A trial's partial result recorded at a rung: its size and its training loss there."""
+    """A trial's partial result recorded at a rung: its size, its latency (seconds, measured before
+    training; None when not usable) and its training loss there."""
 
     trial_id: str
     params: float
     loss: float
+    latency: float | None = None
+
+
+def _present(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def halving_objectives(records: Sequence[Partial]) -> tuple[str, ...]:
+    """What the rung ranks `records` on: (params, latency, loss) when every record that takes part in the
+    ranking (size and loss present) has a usable latency, else (params, loss) for all of them."""
+    ranked = [r for r in records if _present(r.params) and _present(r.loss)]
+    return HALVING_OBJECTIVES if all(_present(r.latency) for r in ranked) else HALVING_FALLBACK
 
 
 def halving_keeps(records: list[Partial], eta: int) -> dict[str, tuple[bool, int]]:
-    """For trials recorded at one rung: trial_id -> (goes on, non-dominated rank over (params, loss)).
+    """For trials recorded at one rung: trial_id -> (goes on, non-dominated rank over `halving_objectives`:
+    (params, latency, loss), or (params, loss) when one of them has no usable latency).
 
-    The front (rank 0) goes on, and so do the best ceil(n / eta) of the n by (rank, loss, params, order
-    of arrival); the others are stopped. A record with a missing or NaN value is never stopped.
+    The front (rank 0) goes on, and so do the best ceil(n / eta) of the n by (rank, loss, params, latency,
+    order of arrival); the others are stopped. A record with a missing or NaN size or loss is never stopped.
     """
-    ranks = non_dominated_sort([(r.params, r.loss) for r in records])
+    objectives = halving_objectives(records)
+    ranks = non_dominated_sort([tuple(getattr(r, k) for k in objectives) for r in records])
     quota = math.ceil(len(records) / eta)
+    with_latency = "latency" in objectives
     ranked = sorted((i for i, rank in enumerate(ranks) if rank is not None),
-                    key=lambda i: (ranks[i], records[i].loss, records[i].params, i))
+                    key=lambda i: (ranks[i], records[i].loss, records[i].params,
+                                   records[i].latency if with_latency else 0.0, i))
     best = set(ranked[:quota])
     out = {}
     for i, r in enumerate(records):
@@ -245,18 +288,20 @@ class Stop:
     loss: float
     rung: int  # 1-based: rung 1 is the earliest
     rung_step: int
-    rank: int  # non-dominated rank over (params, loss) among the trials recorded at the rung
+    rank: int  # non-dominated rank over `objectives` among the trials recorded at the rung
     recorded: int  # how many trials were recorded at the rung (this one included)
+    objectives: tuple[str, ...] = HALVING_OBJECTIVES  # what the rung ranked on (`halving_objectives`)
 
     @property
     def reason(self) -> str:
-        return (f"stopped at step {self.step} by successive halving (rank {self.rank} at rung {self.rung}, "
-                f"step {self.rung_step}, among {self.recorded})")
+        return (f"stopped at step {self.step} by successive halving (rank {self.rank} over "
+                f"({', '.join(self.objectives)}) at rung {self.rung}, step {self.rung_step}, among {self.recorded})")
 
 
 @dataclass
 class SuccessiveHalving:
-    """Asynchronous successive halving on the non-dominated rank of (params, loss) at each rung.
+    """Asynchronous successive halving on the non-dominated rank of (params, latency, loss) at each rung
+    ((params, loss) at a rung where a trial has no usable latency: `halving_objectives`).
 
     Feed it every training report with `observe`; it answers a `Stop` when the trial must stop, else
     None. Trials are compared only within their `group` (same setup, loss function and run length).
@@ -270,20 +315,22 @@ class SuccessiveHalving:
     stopped: dict[str, Stop] = field(default_factory=dict)
 
     def observe(self, trial_id: str, group: str, *, params: float, step: int, total_steps: int,
-                loss: float) -> Stop | None:
-        """Record a training report; a `Stop` if the trial reached a rung where it is dominated."""
+                loss: float, latency: float | None = None) -> Stop | None:
+        """Record a training report; a `Stop` if the trial reached a rung where it is dominated. `latency`:
+        the trial's usable latency in seconds (measured before training), None when it has none."""
+        latency = float(latency) if _present(latency) else None
         if trial_id in self.stopped:
             return self.stopped[trial_id]
         rungs = rung_steps(total_steps, self.rungs, self.eta)
         done = self.passed.get(trial_id, 0)
         while done < len(rungs) and step >= rungs[done]:  # one report can pass several rungs
             here = self.recorded.setdefault((group, done), [])
-            here.append(Partial(trial_id, params, loss))
+            here.append(Partial(trial_id, params, loss, latency))
             done += 1
             self.passed[trial_id] = done
             goes_on, rank = halving_keeps(here, self.eta)[trial_id]
             if not goes_on:
-                stop = Stop(trial_id, step, loss, done, rungs[done - 1], rank, len(here))
+                stop = Stop(trial_id, step, loss, done, rungs[done - 1], rank, len(here), halving_objectives(here))
                 self.stopped[trial_id] = stop
                 return stop
         return None

@@ -43,6 +43,13 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("latency_device", "string"), ("latency_batch", "int64"), ("latency_num_images", "int64"),
     ("latency_repeats", "int64"), ("latency_guidance", "float64"), ("latency_threads", "int64"), ("dtype", "string"),
     ("latency_compile", "bool_"), ("latency_seconds", "float64"),
+    # latency first (measured before training, per architecture): runtime, noise over the repeats, contention,
+    # the cache (docs/metrics.md); and, with eval.latency_recheck, the same protocol on the trained weights
+    ("latency_runtime", "string"), ("latency_p90_s", "float64"), ("latency_min_s", "float64"),
+    ("latency_s_std", "float64"), ("latency_spread", "float64"), ("latency_other_load", "float64"),
+    ("latency_contended", "bool_"), ("latency_attempts", "int64"), ("latency_cached", "bool_"),
+    ("latency_key", "string"), ("latency_measured_at", "string"), ("latency_fingerprint", "string"),
+    ("latency_trained_s", "float64"), ("latency_trained_s_std", "float64"),
     # deployment proxy: the ONNX export timed with onnxruntime on CPU
     ("latency_onnx_cpu_s", "float64"), ("latency_onnx_threads", "int64"), ("latency_onnx_num_images", "int64"),
     ("latency_onnx_batch", "int64"), ("onnx_max_abs_diff", "float64"), ("onnx_bytes", "int64"), ("onnx_path", "string"),

@@ -49,7 +49,14 @@ class TrialSpec:
     artifacts_dir: str = ""  # where the trial keeps its checkpoint; "" keeps none
     variant: str = ""  # the name of its training setting in the study
     data_root: str = ""  # where the data set lives (for the FID reference); "" = the default
-    defer_latency: bool = False  # True: leave latency to the study's own pass (the device to itself)
+    defer_latency: bool = False  # True: the study measures latency (before training: `latency`), not the trial
+    # the study's latency measurement of this architecture, as (column, value) pairs of the row (dse.study's
+    # latency-first pass; empty when not measured); every row of the trial carries it, also failed and stopped ones
+    latency: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def latency_row(self) -> dict[str, Any]:
+        return dict(self.latency)
 
     @property
     def trial_id(self) -> str:
@@ -67,12 +74,17 @@ class TrialSpec:
         for section, added in _ADDED_LATER.items():  # keys newer than a stored study, at their old behaviour
             fields[section] = {k: v for k, v in fields[section].items() if added.get(k, _ABSENT) != v}
         fields["train"] = {k: v for k, v in fields["train"].items() if k not in leave_out}
+        fields["eval"] = {k: v for k, v in fields["eval"].items() if k not in _LATENCY_ONLY_EVAL}
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.arch.name}-{self.train.setup}-{self.train.loss}-{digest}"
 
 
 # Fields that say where or how a trial runs, not what it computes: not part of its id.
-_NOT_IN_ID = ("study", "device", "threads", "proposed", "budget", "artifacts_dir", "variant", "data_root", "defer_latency")
+_NOT_IN_ID = ("study", "device", "threads", "proposed", "budget", "artifacts_dir", "variant", "data_root", "defer_latency",
+              "latency")
+# [eval] keys that say only where and how latency is measured (issue 13, measured before training and
+# cached per architecture): never part of a trial's id, so changing the runtime does not train anything again.
+_LATENCY_ONLY_EVAL = ("latency_runtime", "latency_command", "latency_device_name", "latency_timeout", "latency_recheck")
 # Keys added to [train] / [eval] after studies were stored, each with its default when it was added
 # (written here, not read from the config: a later change of the default must not move old ids). At
 # that value a key is left out of the ids, so a study stored before the key existed keeps its trial ids
@@ -116,8 +128,8 @@ def base_row(spec: TrialSpec) -> dict[str, Any]:
         "setup": t.setup, "loss": t.loss, "variant": spec.variant, "budget": spec.budget, "proposed": spec.proposed,
         "steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay,
         "ema_decay": t.ema_decay, "label_dropout": t.label_dropout, "seed": t.seed, "pairs_dir": spec.pairs_dir,
-        "config_json": json.dumps(dataclasses.asdict(spec), sort_keys=True),
-        "guidance": spec.eval.guidance,
+        "config_json": json.dumps({k: v for k, v in dataclasses.asdict(spec).items() if k != "latency"}, sort_keys=True),
+        "guidance": spec.eval.guidance, **spec.latency_row,
         "host": socket.gethostname(), "started_at": _now(), "dse_version": dse.__version__,
         "python_version": platform.python_version(), "git_sha": git_sha(),
     }
@@ -216,24 +228,29 @@ def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | 
     if not spec.defer_latency:
         onnx_path = artifacts / ONNX_FILE if artifacts is not None else None
         row.update(evaluation.measure_speed(trained.ema, spec.eval, device=device, onnx_path=onnx_path))
+    elif spec.eval.onnx and artifacts is not None:  # the deployable graph of the trained student, not timed here
+        row.update(evaluation.export_checked(trained.ema, artifacts / ONNX_FILE, guidance=spec.eval.guidance))
     row["eval_seconds"] = time.perf_counter() - eval_start
     return row
 
 
-def measure_deferred_latency(row: dict[str, Any], device: str = "auto", artifacts_dir: str | Path | None = None,
-                             ) -> dict[str, Any]:
-    """The row of a trial that deferred its latency, completed by `evaluation.measure_speed` on its saved
-    student; a failure marks the row failed with the error. Used by the study's latency pass, which
-    gives the trial's `artifacts_dir` from the study's layout: the student is read from there and the
-    ONNX file written there, whatever path the (possibly edited) row names."""
+def measure_trained_latency(row: dict[str, Any], device: str = "auto", artifacts_dir: str | Path | None = None,
+                            ) -> dict[str, Any]:
+    """The row of a complete trial with the latency of its TRAINED student (`latency_trained_s`,
+    `latency_trained_s_std`), by the protocol and runtime of its own [eval] config, beside the latency the
+    study measured before training on fresh weights (the two agree within the noise: the time does not
+    depend on the weights). The student is read from `artifacts_dir` (the study's layout gives it),
+    whatever path the (possibly edited) row names. A failure marks the row failed with the error."""
+    from dse.metrics.runtimes import measure, protocol_of
+
     row = dict(row)
     try:
         cfg = eval_from_dict(json.loads(row["config_json"])["eval"], source=f"trial {row['trial_id']}")
         checkpoint = Path(artifacts_dir) / STUDENT_FILE if artifacts_dir is not None else Path(row["checkpoint"])
         model, _ = evaluation.load_student(checkpoint)
         dev = resolve_device(device)
-        onnx_path = checkpoint.parent / ONNX_FILE
-        row.update(evaluation.measure_speed(model.to(dev), cfg, device=dev, onnx_path=onnx_path))
+        result = measure(model.to(dev), protocol_of(cfg), dev, work_dir=checkpoint.parent)
+        row.update(latency_trained_s=result["latency_s"], latency_trained_s_std=result["latency_s_std"])
     except Exception as exc:  # noqa: BLE001 - recorded in the row like any failure of a trial
         row["status"], row["error"] = FAILED, f"latency: {type(exc).__name__}: {exc}"
     return row

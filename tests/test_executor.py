@@ -110,7 +110,7 @@ def test_halving_stores_a_dominated_trial_as_stopped_and_lets_the_others_complet
     assert df.loc[good.trial_id, "status"] == "complete" and df.loc[small.trial_id, "status"] == "complete"
     row = df.loc[frozen.trial_id]
     assert row["status"] == "stopped", row["error"]
-    assert row["error"].startswith("stopped at step 50 by successive halving (rank 1 at rung 1")
+    assert row["error"].startswith("stopped at step 50 by successive halving (rank 1 over (params, loss) at rung 1")
     assert row["steps"] == 50 and row["final_loss"] > df.loc[good.trial_id, "final_loss"]
     assert row["params"] == df.loc[good.trial_id, "params"] and row["lr"] == 1e-9
     assert [kind for tid, kind, _ in events if tid == frozen.trial_id][-1] == "stopped"
@@ -386,4 +386,4 @@ def test_halving_compares_candidates_and_the_seeds_of_one_follow_its_decision():
     assert sorted(stops) == sorted(seeds[(32, s)].trial_id for s in (0, 1, 2))
     late = stops[seeds[(32, 2)].trial_id]
     assert late.trial_id == seeds[(32, 2)].trial_id and late.step == 60 and late.loss == 0.8  # its own report
-    assert late.reason.startswith("stopped at step 60 by successive halving (rank 1 at rung 1")
+    assert late.reason.startswith("stopped at step 60 by successive halving (rank 1 over (params, loss) at rung 1")

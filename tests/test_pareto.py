@@ -292,3 +292,67 @@ def test_points_of_one_architecture_share_their_latency():
     faster_by_noise = _arch_pt("lpips", 2, 634.3, 90.0, 0.1060, 0.004)
     res = _status([l1, faster_by_noise])
     assert res["lpips"]["pareto_rank"] == 1 and res["lpips"]["front_status"] == DOMINATED
+
+
+# ------------------------------------------------------------------- latency: measured once per architecture, noisy
+def _row(tid, cid, depth, fid, latency, latency_std, key, **kw):
+    """A complete store row; its FID known to +-0.5 (bootstrap SD), its latency one measurement (`key`)."""
+    return {"trial_id": tid, "candidate_id": cid, "status": "complete", "seed": 0, "depth": depth, "width": 64,
+            "heads": 4, "mlp_ratio": 4.0, "patch_size": 2, "guidance": 1.0, "dataset": "digits", "params": 100_000,
+            "setup": "get", "loss": cid, "fid": fid, "fid_std": 0.5, "latency_s": latency,
+            "latency_s_std": latency_std, "latency_key": key, "latency_measured_at": "2025-01-01T00:00:00", **kw}
+
+
+def _front(rows):
+    from dse.stats import group_points
+
+    out = noise_aware_front(group_points(pd.DataFrame(rows)))
+    return {r["candidate_id"]: r for r in out.to_dict("records")}
+
+
+def test_a_latency_advantage_within_the_noise_does_not_dominate():
+    # A: clearly better FID (20 vs 30, +-0.5), same size, faster by 4 ms of two 100 ms measurements known to +-4 ms
+    rows = [_row("a", "A", 2, 20.0, 0.100, 0.004, "kA"), _row("b", "B", 3, 30.0, 0.104, 0.004, "kB")]
+    res = _front(rows)
+    assert res["A"]["front_status"] == FRONT
+    # B may well be the faster: the data cannot say A dominates it -> tied, not dominated
+    assert res["B"]["front_status"] == TIED and res["B"]["tied_with"] == ["A"] and res["B"]["dominated_by"] == []
+    # a strict comparison of the values (the same rows without their latency SD) calls B dominated
+    strict = _front([{**r, "latency_s_std": None} for r in rows])
+    assert strict["B"]["front_status"] == DOMINATED and strict["B"]["dominated_by"] == ["A"]
+    # a latency advantage beyond the noise is a real one: dominated again
+    far = _front([rows[0], _row("b", "B", 3, 30.0, 0.130, 0.004, "kB")])
+    assert far["B"]["front_status"] == DOMINATED
+
+
+def test_points_sharing_one_measurement_share_it_without_pooling_copies():
+    # three trainings of architecture d2 carry one measurement 0.100 +- 0.004; d3 took 0.110 +- 0.004.
+    # Counted once, 10 ms is within the noise of two single measurements (tied); pooled as three
+    # observations (sd^2 / 3), d2's latency would look clearly faster and dominate d3's point.
+    rows = [_row(f"x{i}", f"X{i}", 2, fid, 0.100, 0.004, "k2") for i, fid in enumerate((20.0, 21.0, 22.0))]
+    rows.append(_row("y", "Y", 3, 30.0, 0.110, 0.004, "k3"))
+    res = _front(rows)
+    assert res["Y"]["front_status"] == TIED and res["Y"]["dominated_by"] == []
+    assert res["X0"]["front_status"] == FRONT
+    # one architecture's points never rank each other by latency: X1, X2 are clearly worse in FID only
+    assert res["X2"]["front_status"] == DOMINATED and "X0" in res["X2"]["dominated_by"]
+
+
+def test_distinct_estimates_of_one_architecture_still_pool():
+    # hand-made points of one architecture with two different measurements: their estimate is pooled
+    l1 = _arch_pt("l1", 2, 20.0, 0.5, 0.100, 0.004)
+    lp = _arch_pt("lp", 2, 30.0, 0.5, 0.104, 0.004)
+    res = _status([l1, lp])
+    assert res["lp"]["front_status"] == DOMINATED and res["l1"]["front_status"] == FRONT  # latency shared: equal
+
+
+def test_a_point_with_a_contended_latency_is_not_ranked():
+    rows = [_row("a", "A", 2, 20.0, 0.100, 0.004, "kA"),
+            _row("b", "B", 3, 10.0, 0.050, 0.004, "kB", latency_contended=True)]  # would beat A everywhere
+    res = _front(rows)
+    assert pd.isna(res["B"]["front_status"]) and pd.isna(res["B"]["pareto_rank"]) and res["B"]["latency_contended"]
+    assert res["A"]["front_status"] == FRONT and res["A"]["tied_with"] == [] and res["A"]["dominated_by"] == []
+    # quiet points of the same architecture do not lend their latency to the contended one
+    rows += [_row("c", "C", 3, 11.0, 0.060, 0.004, "kC"), _row("d", "D", 3, 11.5, 0.060, 0.004, "kC")]
+    res = _front(rows)
+    assert pd.isna(res["B"]["front_status"]) and res["C"]["front_status"] == FRONT

@@ -66,7 +66,7 @@ def test_states_step_text_and_metrics():
     assert b.trials["c"].state == "stopped"
     b.on_event("zz", "start", {})  # not in the plan: added
     assert b.counts() == {"running": 1, "pending": 1, "trained": 0, "complete": 1, "failed": 1, "stopped": 1,
-                          "stored": 0}
+                          "outside": 0, "stored": 0}
 
 
 def test_complete_with_latency_is_complete_and_stored_trials():
@@ -379,10 +379,25 @@ def test_live_table_is_never_taller_than_the_terminal():
         b.on_event(f"trial-{n}", "start", {})
     terminal = FakeTerminal()
     console = Console(file=terminal, force_terminal=True, width=100, height=24)
-    with live_table(b, enabled=True, console=console, refresh_per_second=50):
+    with live_table(b, enabled=True, console=console, refresh_per_second=50) as on_event:
+        on_event("trial-0", "start", {})
         time.sleep(0.1)
     screen = [line for line in terminal_screen(terminal.getvalue(), 100) if line]
     assert len(screen) <= 24 and any("more" in line for line in screen), "\n".join(screen)
+
+
+def test_live_table_starts_with_the_first_event_so_earlier_lines_stay_plain():
+    b = TrialBoard(["trial-0"], 10)
+    terminal = FakeTerminal()
+    console = Console(file=terminal, force_terminal=True, width=100, height=24)
+    with live_table(b, enabled=True, console=console, refresh_per_second=50) as on_event:
+        console.print("latency [1/1] d1-w16-h2 measured")  # the latency pass, before any trial
+        time.sleep(0.1)
+        assert "trial" not in terminal.getvalue()  # no table yet
+        on_event("trial-0", "start", {})
+        time.sleep(0.1)
+    screen = [line for line in terminal_screen(terminal.getvalue(), 100) if line]
+    assert screen[0] == "latency [1/1] d1-w16-h2 measured" and sum("┃ trial" in line for line in screen) == 1
 
 
 def test_line_printer_prints_pairs_progress_per_quarter():
@@ -392,3 +407,53 @@ def test_line_printer_prints_pairs_progress_per_quarter():
     for done in range(0, 4097, 256):
         printer.on_pairs(done, 4096, 500.0)
     assert lines == [f"teacher pairs: {n}/4096 (500 pairs/s)" for n in (0, 1024, 2048, 3072, 4096)]
+
+
+def test_trials_outside_the_constraints_are_finished_not_pending():
+    b, clock = board_of(["a", "b"], steps=400)
+    lines: list[str] = []
+    p = LinePrinter(b, lines.append)
+    p("b", "outside", {"reason": "over max latency 2ms/image\n(4.7 ms)", "latency_s": 1.2})
+    assert b.trials["b"].state == "outside" and b.trials["b"].finished
+    assert b.counts()["outside"] == 1 and b.counts()["pending"] == 1
+    p("a", "start", {})
+    clock.t = 10
+    p("a", "train", {"step": 100, "loss": 1.0})
+    assert b.eta() == pytest.approx(30)  # a's 300 steps left at 10 steps/s; b will never train
+    row = {r["trial"]: r for r in b.rows()}["b"]
+    assert (row["state"], row["latency"], row["error"]) == ("outside", "1.2 s", "over max latency 2ms/image")
+    assert "    b not trained, outside the constraints: over max latency 2ms/image  [1/2 done]" in lines
+
+
+def test_a_latency_known_before_training_and_a_contended_one_are_shown():
+    b, _ = board_of(["a", "b"])
+    b.on_event("a", "start", {"latency_s": 0.25, "latency_contended": False})
+    assert {r["trial"]: r for r in b.rows()}["a"]["latency"] == "0.25 s"  # while it trains
+    b.on_event("b", "start", {})
+    b.on_event("b", "complete", {"params": 1, "fid": 2.0, "latency_s": 9.5, "latency_contended": True})
+    assert b.trials["b"].state == "complete"
+    assert {r["trial"]: r for r in b.rows()}["b"]["latency"] == "9.5 s contended"
+    console = Console(file=io.StringIO(), width=140, force_terminal=False)
+    console.print(render_table(b))
+    assert "9.5 s contended" in console.file.getvalue()
+
+
+def test_summary_lines_say_what_was_outside_and_which_latencies_were_contended():
+    contended = [{"trial_id": "dit-d2-w32-h4-get-l2", "candidate_id": "c"}]
+    lines = summary_lines(num_complete=3, num_failed=0, front=FRONT, outside=2, contended=contended)
+    assert lines[0] == "3 complete, 0 failed, 2 outside the constraints (not trained)"
+    [line] = [line for line in lines if "contended" in line]
+    assert line == ("latency contended: not ranked: dit-d2-w32-h4-get-l2 (latency measured while other work ran); "
+                    "re-run `dse run` on a quiet machine; dse re-measures latencies it could not trust")
+    assert "dit-d2-w32-h4-get-l2" not in "\n".join(line for line in lines if line.startswith("  "))  # not on the front
+    empty = summary_lines(num_complete=1, num_failed=0, front=[], contended=contended)
+    assert empty[1] == "Pareto front: empty (no trial has all of params, fid and an uncontended latency)"
+    assert not any("contended" in line for line in summary_lines(num_complete=3, num_failed=0, front=FRONT))
+
+    class Outcome:
+        plan, report_path, num_complete, num_failed, skipped, front = None, "r.html", 3, 0, 0, FRONT
+        outside = 2
+
+    assert outcome_summary(Outcome())[0] == "3 complete, 0 failed, 2 outside the constraints (not trained)"
+    Outcome.contended = contended
+    assert any(line.startswith("latency contended: not ranked: dit-d2") for line in outcome_summary(Outcome()))

@@ -15,7 +15,8 @@ from dse.store import COLUMN_NAMES, ResultsStore
 BEST_UNDER_2MS = ("SELECT trial_id, fid, latency_per_image_ms FROM trials "
                   "WHERE status='complete' AND latency_per_image_ms < 2 ORDER BY fid LIMIT 1")
 PARETO_POINTS = "SELECT study, trial_id, params, fid, latency_s FROM pareto ORDER BY study, params"
-PARETO_EXTRA = ["pareto_rank", "front_status", "tied_with", "n", "fid_low", "fid_high"]
+PARETO_EXTRA = ["pareto_rank", "front_status", "tied_with", "n", "fid_low", "fid_high", "latency_s_low",
+                "latency_s_high"]
 COUNTS = "SELECT study, status, count(*) AS n FROM trials GROUP BY study, status ORDER BY study, status"
 
 
@@ -263,3 +264,36 @@ def test_pareto_holds_the_rows_of_front_and_tied_points(seeded):
 def test_an_unknown_view_names_all_three(results):
     with pytest.raises(DseError, match="`points`"):
         query("SELECT * FROM nothing", results)
+
+
+@pytest.fixture
+def timed(tmp_path):
+    """One study measured latency first: A (3 seeds) shares one cached measurement 10 +- 0.5 ms; B (1 seed),
+    measured in the study, is 10.4 +- 0.5 ms with a worse FID (within the latency noise: tied); C's latency
+    stayed contended (it would beat both)."""
+    root = tmp_path / "results"
+    store = ResultsStore(root / "timed" / "trials")
+    measured = {"latency_s_std": 0.0005, "latency_measured_at": "2025-01-01T00:00:00"}
+    for seed, fid in enumerate((20.0, 20.5, 21.0)):
+        store.write(_row(f"a{seed}", 100_000, fid, 0.010, candidate_id="A", seed=seed, latency_key="kA",
+                         latency_p90_s=0.011, latency_cached=True, latency_contended=False, **measured))
+    store.write(_row("b0", 100_000, 30.0, 0.0104, candidate_id="B", seed=0, depth=3, latency_key="kB",
+                     latency_p90_s=0.012, latency_cached=False, latency_contended=False, **measured))
+    store.write(_row("c0", 50_000, 10.0, 0.005, candidate_id="C", seed=0, depth=4, latency_key="kC",
+                     latency_cached=False, latency_contended=True, **measured))
+    return root
+
+
+def test_points_carry_the_latency_interval_p90_cache_and_contention(timed):
+    df = query("SELECT candidate_id, n, latency_s, latency_s_sd, latency_s_low, latency_s_high, latency_p90_s, "
+               "latency_cached, latency_contended, front_status FROM points ORDER BY candidate_id", timed)
+    a, b, c = df.to_dict("records")
+    # three seeds, one measurement: the interval of one (10 ms +- 1.96 * 0.5 ms), not narrowed by sqrt(3)
+    assert a["n"] == 3 and a["latency_s_sd"] == pytest.approx(0.0005)
+    assert a["latency_s_high"] - a["latency_s"] == pytest.approx(1.959964 * 0.0005, rel=1e-5)
+    assert (a["latency_p90_s"], a["latency_cached"], a["latency_contended"]) == (pytest.approx(0.011), True, False)
+    assert (b["latency_cached"], b["front_status"]) == (False, "tied")  # 0.4 ms slower: within the noise
+    assert c["latency_contended"] is True and pd.isna(c["latency_s"]) and pd.isna(c["front_status"])
+    front = query("SELECT trial_id, latency_s_low, latency_s_high FROM pareto ORDER BY trial_id", timed)
+    assert list(front["trial_id"]) == ["a0", "a1", "a2", "b0"]  # the contended C is on no front
+    assert front["latency_s_low"].iloc[0] == pytest.approx(a["latency_s_low"])

@@ -474,3 +474,145 @@ def test_importing_the_modules_loads_no_heavy_library():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# latency first: constraints, candidates outside them, contended latencies
+
+CONSTRAINTS = {"max_params": 450_000, "max_latency": "2ms", "max_latency_per_image_s": 0.002}
+EXCLUDED = [
+    {"depth": 8, "width": 128, "heads": 8, "params": 900_000, "latency_s": 1.2, "latency_per_image_ms": 4.6875,
+     "latency_num_images": 256, "reason": "over max params 450k and max latency 2ms/image"},
+    {"depth": 6, "width": 96, "heads": 6, "params": 440_000, "latency_s": 0.8, "latency_per_image_ms": 3.125,
+     "latency_num_images": 256, "reason": "over max latency 2ms/image"},
+]
+
+
+def _lines(layout: dict) -> list[tuple[str, float, str]]:
+    """The constraint lines of a 2-D plot's layout: (axis, position, dash)."""
+    out = []
+    for s in layout.get("shapes", ()):
+        if s.get("x0") == s.get("x1") and s.get("xref") == "x":
+            out.append(("x", s["x0"], s["line"]["dash"]))
+        elif s.get("y0") == s.get("y1") and s.get("yref") == "y":
+            out.append(("y", s["y0"], s["line"]["dash"]))
+    return out
+
+
+def _notes(layout: dict) -> list[str]:
+    return [a["text"] for a in layout.get("annotations", ())]
+
+
+def test_constraints_are_dashed_lines_at_their_values_on_each_params_or_latency_axis(df):
+    page = render_html(compute_report_data(df, constraints=CONSTRAINTS, excluded=EXCLUDED))
+    scatter3d, params_fd, params_latency, latency_fd = _plots(page)
+    # 2 ms per image on an axis of seconds for 256 images: 0.002 * 256 = 0.512 s
+    assert _lines(params_fd[1]) == [("x", 450_000, "dash")] and _notes(params_fd[1]) == ["max params 450k"]
+    assert sorted(_lines(params_latency[1])) == [("x", 450_000, "dash"), ("y", pytest.approx(0.512), "dash")]
+    assert sorted(_notes(params_latency[1])) == ["max latency 2ms/image", "max params 450k"]
+    assert _lines(latency_fd[1]) == [("x", pytest.approx(0.512), "dash")]
+    assert _notes(latency_fd[1]) == ["max latency 2ms/image"]
+    assert not scatter3d[1].get("shapes")  # a 3-D scene has no lines to draw
+    assert "constraints: max params 450k, max latency 2ms/image (2 candidates outside, not trained)" in page
+    # without constraints: no line
+    assert all(not _lines(layout) for _, layout in _plots(render_html(compute_report_data(df)))[1:])
+
+
+def test_a_latency_limit_per_n_images_and_a_per_image_axis(df):
+    # 30 s for 50000 images = 0.6 ms per image: 0.1536 s for the axis' 256 images
+    data = compute_report_data(df, constraints={"max_latency": "30s/50000"})
+    assert data.constraints.max_latency_per_image_s == pytest.approx(0.0006)  # parsed from the text alone
+    assert data.limit("latency_s") == pytest.approx(0.1536) and data.limit("params") is None
+    _, _, params_latency, _ = _plots(render_html(data))
+    assert _lines(params_latency[1]) == [("y", pytest.approx(0.1536), "dash")]
+    assert _notes(params_latency[1]) == ["max latency 30s/50000"]
+    # an axis of ms per image: the limit in ms
+    df["latency_per_image_ms"] = df["latency_s"] * 1000 / 256
+    per_image = compute_report_data(df, objectives=("params", "fid", "latency_per_image_ms"), constraints=CONSTRAINTS)
+    assert per_image.objectives[2].label == "latency (ms per image)" and per_image.limit("latency_per_image_ms") == 2.0
+    _, _, params_latency, _ = _plots(render_html(per_image))
+    assert ("y", 2.0, "dash") in _lines(params_latency[1])
+
+
+def test_candidates_outside_the_constraints_are_a_table_and_grey_crosses(df):
+    page = render_html(compute_report_data(df, constraints=CONSTRAINTS, excluded=EXCLUDED))
+    section = page[page.index("<h2>Outside the constraints (not trained)</h2>"):]
+    section = section[: section.index("</table>")]
+    rows = re.findall(r"<tr><td class=\"arch\">([^<]*)</td>(.*?)</tr>", section)
+    assert [name for name, _ in rows] == ["d8-w128-h8", "d6-w96-h6"]
+    assert ('<td class="num">900,000</td><td class="num">1.2</td><td class="num">4.688</td>'
+            "<td>over max params 450k and max latency 2ms/image</td>") == rows[0][1]
+    assert "latency (s for 256 images)" in section and "Grey crosses on the params-latency plot" in section
+    _, params_fd, params_latency, latency_fd = _plots(page)
+    crosses = {t["name"]: t for t in params_latency[0]}["outside the constraints (not trained)"]
+    assert (crosses["x"], crosses["y"], crosses["marker"]["symbol"]) == ([900_000, 440_000], [1.2, 0.8], "x")
+    assert "over max latency 2ms/image" in crosses["hovertext"][1]
+    # they have no FID: on no plot with an FID axis
+    for traces, _ in (params_fd, latency_fd):
+        assert "outside the constraints (not trained)" not in {t["name"] for t in traces}
+    assert "Outside the constraints" not in render_html(compute_report_data(df, constraints=CONSTRAINTS))
+
+
+def _latency_rows() -> pd.DataFrame:
+    """Two candidates with one latency measurement each (its SD, p90, whether it was cached) and one
+    whose latency stayed contended: it would beat both on every objective."""
+    common = {"latency_num_images": 256, "fid_std": 0.25}
+    return pd.DataFrame(
+        _seeds("a", 4, 48, 6, [30.0, 31.0, 32.0], params=200_000, latency=0.50, latency_s_std=0.01,
+               latency_p90_s=0.52, latency_cached=True, latency_key="ka", **common)
+        + _seeds("b", 2, 64, 8, [20.0], params=300_000, latency=0.30, latency_s_std=0.01, latency_p90_s=0.31,
+                 latency_cached=False, latency_key="kb", **common)
+        + _seeds("c", 2, 32, 4, [10.0], params=100_000, latency=0.10, latency_s_std=0.05, latency_contended=True,
+                 latency_key="kc", **common)
+    )
+
+
+def test_a_contended_latency_is_not_ranked_and_the_page_says_how_to_fix_it():
+    data = compute_report_data(_latency_rows())
+    by_id = {p.candidate_id: p for p in data.points}
+    c = by_id["c"]
+    assert c.latency_contended and c.front_status is None and c.rank is None
+    assert data.contended == (c,) and set(data.front_ids) == {"a", "b"}  # c would dominate both if ranked
+    page = render_html(data)
+    header = page[page.index("<header>") : page.index("</header>")]
+    assert "1 point had a contended latency" in header and "not ranked: d2-w32-h4" in header
+    assert "re-run `dse run` on a quiet machine; dse re-measures latencies it could not trust" in header
+    table = _points_table(page)
+    row = table[table.index('<td class="id">c</td>') :].split("</tr>")[0]
+    assert '<td class="status">latency contended: not ranked</td><td class="num">–</td>' in row
+    assert all("<b>d2-w32-h4</b>" not in h for traces, _ in _plots(page) for t in traces for h in t["hovertext"])
+    assert "contended latency" not in render_html(compute_report_data(_latency_rows().query("candidate_id != 'c'")))
+
+
+def test_latency_shows_its_interval_p90_and_whether_it_was_cached():
+    page = render_html(compute_report_data(_latency_rows()))
+    table = _points_table(page)
+    row = lambda i: table[table.index(f'<td class="id">{i}</td>') :].split("</tr>")[0]  # noqa: E731
+    # three seeds share one measurement: its interval is that of one measurement, 0.50 +- 1.96 * 0.01
+    assert ('<td class="num">0.500 [0.480, 0.520]<br><span class="sub">latency p90 0.520 s · from the cache</span>'
+            in row("a"))
+    assert "latency p90 0.310 s · measured in this study" in row("b")
+    _, params_fd, params_latency, _ = _plots(page)
+    front = {t["name"]: t for t in params_latency[0]}["Pareto front"]
+    hover = dict(zip(front["x"], front["hovertext"]))
+    assert "latency: 0.500 [0.480, 0.520]" in hover[200_000]
+    assert "latency p90 0.520 s · from the cache" in hover[200_000]
+    assert front["error_y"]["array"] == [pytest.approx(1.959964 * 0.01, rel=1e-4)] * 2  # latency has error bars now
+
+
+def test_bad_constraints_and_excluded_candidates_are_dse_errors(df):
+    for bad, words in [({"max_params": -5}, "max_params"), ({"max_latency": "fast"}, "max_latency"),
+                       ({"max_latency_per_image_s": "2ms"}, "max_latency_per_image_s"), ({"max_flops": 1}, "max_flops"),
+                       ("2ms", "mapping")]:
+        with pytest.raises(DseError, match=words):
+            compute_report_data(df, constraints=bad)
+    with pytest.raises(DseError, match="depth, width and heads"):
+        compute_report_data(df, excluded=[{"depth": 2, "params": 1}])
+    assert compute_report_data(df, constraints={"max_params": None, "max_latency": ""}).constraints is None
+
+
+def test_write_report_passes_constraints_and_excluded(df, tmp_path):
+    path = write_report(df, tmp_path / "r.html", constraints=CONSTRAINTS, excluded=EXCLUDED[:1])
+    text = path.read_text(encoding="utf-8")
+    assert "Outside the constraints (not trained)" in text and ">d8-w128-h8<" in text
+    assert "(1 candidate outside, not trained)" in text

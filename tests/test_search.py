@@ -101,7 +101,7 @@ def test_asynchronous_halving_compares_latecomers_with_those_recorded_before_the
     assert sh.observe("b", g, params=200, step=100, total_steps=900, loss=0.3) is None  # not dominated by a
     stop = sh.observe("c", g, params=100, step=100, total_steps=900, loss=0.9)  # same size as a, worse loss
     assert stop is not None and stop.rung == 1 and stop.rank == 1 and stop.rung_step == 100 and stop.recorded == 3
-    assert stop.reason.startswith("stopped at step 100 by successive halving (rank 1 at rung 1")
+    assert stop.reason.startswith("stopped at step 100 by successive halving (rank 1 over (params, loss) at rung 1")
     assert sh.observe("c", g, params=100, step=150, total_steps=900, loss=0.9) is stop  # stays stopped
     # another group (another loss function) is not compared with these
     assert sh.observe("x", "get/lpips/900", params=100, step=100, total_steps=900, loss=5.0) is None

@@ -170,3 +170,92 @@ def test_group_points_of_nothing_complete_is_empty_with_the_columns():
 
 def test_confidence_is_95_percent():
     assert CONFIDENCE == 0.95
+
+
+# ------------------------------------------------------------------------ latency: one measurement per architecture
+Z = 1.959964  # the normal 97.5% quantile
+
+
+def _timed(tid, cid, seed, latency, std, key="k1", at="2025-01-01T00:00:00", **kw):
+    """A row whose latency is one measurement (`latency_key`, `latency_measured_at`) with its SD."""
+    return _row(tid, cid, seed, 30.0, latency_s=latency, latency_s_std=std, latency_key=key,
+                latency_measured_at=at, **kw)
+
+
+def _latency(points, cid):
+    p = points.set_index("candidate_id").loc[cid]
+    return p["latency_s"], p["latency_s_sd"], p["latency_s_low"], p["latency_s_high"], p["latency_s_n"]
+
+
+def test_three_seeds_sharing_one_latency_measurement_are_one_observation():
+    one = group_points(pd.DataFrame([_timed("a0", "A", 0, 0.5, 0.02)]))
+    three = group_points(pd.DataFrame([_timed(f"a{s}", "A", s, 0.5, 0.02) for s in range(3)]))
+    assert three.set_index("candidate_id").loc["A", "n"] == 3  # three rows ...
+    assert _latency(three, "A") == _latency(one, "A")  # ... but the interval of one measurement
+    mean, sd, low, high, n = _latency(three, "A")
+    assert (mean, sd, n) == (0.5, 0.02, 1) and high - mean == pytest.approx(Z * 0.02, rel=1e-5)
+    # rows without the measurement's id (written by hand, or before the cache) are copies by value and SD
+    bare = group_points(pd.DataFrame([_timed(f"a{s}", "A", s, 0.5, 0.02, key=None, at=None) for s in range(3)]))
+    assert _latency(bare, "A") == _latency(one, "A")
+
+
+def test_distinct_latency_measurements_of_a_point_pool():
+    rows = [_timed("a0", "A", 0, 0.50, 0.01, at="t0"), _timed("a1", "A", 1, 0.50, 0.01, at="t0"),
+            _timed("a2", "A", 2, 0.56, 0.01, at="t1")]  # re-measured for the third seed
+    mean, sd, low, high, n = _latency(group_points(pd.DataFrame(rows)), "A")
+    assert n == 2 and mean == pytest.approx(0.53)
+    assert sd == pytest.approx(estimate([0.50, 0.56]).sd)  # their spread, above the rows' own 0.01
+    assert high - mean == pytest.approx(12.7062 * sd / math.sqrt(2), rel=1e-4)  # t(0.975, 1 df)
+
+
+def test_two_latencies_within_the_noise_are_tied_and_farther_apart_are_not():
+    a, b = estimate([0.100], [0.004]), estimate([0.105], [0.004])
+    assert compare(a, b) == TIED == compare(b, a)  # 5 ms apart, each known to +-4 ms: cannot tell
+    assert compare(a, estimate([0.120], [0.004])) == LESS
+    # the same values without an SD (old rows) would be exact: a strict comparison
+    rows = pd.DataFrame([_timed("a0", "A", 0, 0.100, None), _timed("b0", "B", 0, 0.105, None, key="k2")])
+    pts = group_points(rows).set_index("candidate_id")
+    assert compare(estimate_of(pts.loc["A"], "latency_s"), estimate_of(pts.loc["B"], "latency_s")) == LESS
+
+
+def test_estimate_of_reads_the_objectives_own_count():
+    pts = group_points(pd.DataFrame([_timed(f"a{s}", "A", s, 0.5, 0.02) for s in range(3)]))
+    est = estimate_of(pts.iloc[0], "latency_s")
+    assert (est.n, est.sd, est.df) == (1, 0.02, math.inf)  # not n=3 from the point's rows
+    assert compare(est, estimate([0.55], [0.02])) == TIED
+    # had the three copies counted as three observations, Welch would take sd^2 / 3 and call it clear
+    assert compare(Estimate(0.5, 0.02, 3, NAN, NAN), estimate([0.55], [0.02])) == LESS
+
+
+def test_a_contended_latency_is_missing_and_marked():
+    rows = [_timed("a0", "A", 0, 9.0, 0.5, latency_contended=True),
+            _timed("b0", "B", 0, 0.5, 0.01, key="k2", latency_contended=False)]
+    pts = group_points(pd.DataFrame(rows)).set_index("candidate_id")
+    assert math.isnan(pts.loc["A", "latency_s"]) and pts.loc["A", "latency_s_n"] == 0
+    assert bool(pts.loc["A", "latency_contended"]) is True and bool(pts.loc["B", "latency_contended"]) is False
+    assert not estimate_of(pts.loc["A"], "latency_s").known
+    # a point whose latency was re-measured quietly for another seed keeps the quiet measurement
+    rows = [_timed("a0", "A", 0, 9.0, 0.5, latency_contended=True), _timed("a1", "A", 1, 0.5, 0.01, key="k3")]
+    pt = group_points(pd.DataFrame(rows)).iloc[0]
+    assert (pt["latency_s"], pt["latency_s_n"], bool(pt["latency_contended"])) == (0.5, 1, False)
+
+
+def test_latency_p90_cached_and_the_per_image_sd():
+    rows = [_timed(f"a{s}", "A", s, 0.5, 0.02, latency_p90_s=0.6, latency_cached=s > 0,
+                   latency_per_image_ms=2.0, latency_num_images=250) for s in range(3)]
+    pts = group_points(pd.DataFrame(rows), objectives=("params", "fid", "latency_per_image_ms"))
+    p = pts.iloc[0]
+    assert p["latency_p90_s"] == pytest.approx(0.6)
+    assert p["latency_cached"] is not None and not p["latency_cached"]  # the first seed's was measured, not cached
+    # latency_per_image_ms = 1000 * latency_s / 250: its SD scales the same way (0.02 s -> 0.08 ms)
+    assert (p["latency_per_image_ms"], p["latency_per_image_ms_n"]) == (2.0, 1)
+    assert p["latency_per_image_ms_sd"] == pytest.approx(0.08)
+    rows = [{**r, "latency_cached": True} for r in rows]
+    assert bool(group_points(pd.DataFrame(rows)).iloc[0]["latency_cached"]) is True
+    assert group_points(pd.DataFrame([_row("x", "X", 0, 1.0)])).iloc[0]["latency_cached"] is None  # unknown
+
+
+def test_rows_written_before_latency_s_std_keep_an_exact_latency():
+    rows = [_timed("a0", "A", 0, 0.5, None, key=None, at=None)]
+    p = group_points(pd.DataFrame(rows)).iloc[0]  # the column is there, empty: as before, exact with one row
+    assert (p["latency_s_sd"], p["latency_s_low"], p["latency_s_high"]) == (0.0, 0.5, 0.5)

@@ -64,8 +64,33 @@ def executor(monkeypatch):
         assert specs  # only called when there are trials to run
 
     monkeypatch.setitem(sys.modules, "dse.executor", types.SimpleNamespace(run_trials=run_trials, prepare_cluster=prepare_cluster))
+    monkeypatch.setitem(sys.modules, "dse.metrics.runtimes", fake_runtime())  # the latency pass: no clock
     monkeypatch.setattr(study_mod, "ensure_pairs", lambda cfg, progress=None: cfg.pairs_dir())
     return calls
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeProtocol:
+    """What the fake runtimes' `protocol_of` gives: enough of `dse.metrics.runtimes.Protocol` for a study."""
+
+    runtime: str
+    num_images: int
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def fake_runtime(seconds_per_block: float = 0.1):
+    """A stand-in for `dse.metrics.runtimes`: depth d takes d * `seconds_per_block` for the protocol's images."""
+
+    def measure(model, protocol, device, *, work_dir=None, attempts=3):
+        s = seconds_per_block * model.arch.depth
+        return {"latency_s": s, "latency_per_image_ms": 1000 * s / protocol.num_images, "latency_s_std": 0.05 * s,
+                "latency_num_images": protocol.num_images, "latency_runtime": protocol.runtime,
+                "latency_contended": False, "latency_device": "cpu"}
+
+    return types.SimpleNamespace(protocol_of=lambda e: FakeProtocol(e.latency_runtime, e.latency_num_images),
+                                 fingerprint=lambda protocol, device: {"device": "fake cpu"}, measure=measure)
 
 
 def _row(cfg, i, status="complete", **kw):
@@ -181,7 +206,8 @@ def test_status_counts_done_running_failed_stopped_pending(cfg, tmp_path):
     os.utime(dead, (time.time() - 3600,) * 2)
 
     s = study_mod.study_status("tiny", results)
-    assert s["counts"] == {"done": 1, "running": 1, "failed": 1, "stopped": 1, "pending": 1} and s["total"] == 5
+    assert s["counts"] == {"done": 1, "running": 1, "failed": 1, "stopped": 1, "pending": 1, "outside": 0}
+    assert s["total"] == 5
     assert s["done"] == [ids[0]] and s["pending"] == [ids[3]] and s["stopped"] == ["gone-from-the-plan"]
     assert s["running"][0]["trial_id"] == ids[2] and s["running"][0]["host"] == "elsewhere"
     assert s["failed"] == [{"trial_id": ids[1], "error": "ValueError: bad\nmore lines"}]
@@ -200,24 +226,25 @@ def test_status_from_another_directory_plans_the_same_trial_ids(cfg, tmp_path, m
     assert s["done"] == [plan.specs[0].trial_id] and s["counts"]["pending"] == 3
 
 
-def test_the_latency_pass_measures_only_rows_it_claims(cfg, monkeypatch):
+def test_the_latency_recheck_pass_measures_only_rows_it_claims(cfg, monkeypatch):
     import dse.trial
 
     plan = study_mod.plan_study(cfg)
     ids = [s.trial_id for s in plan.specs]
     for i in range(3):
-        plan.store.write(_row(cfg, i, latency_s=None))
+        plan.store.write(_row(cfg, i))
     plan.store.claims_dir.mkdir(parents=True)
     (plan.store.claims_dir / f"{ids[1]}.claim").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started_at": "x"}))
     measured = []
-    monkeypatch.setattr(dse.trial, "measure_deferred_latency", lambda row, device, artifacts_dir: measured.append(row["trial_id"]) or {**row, "latency_s": 0.5})
+    monkeypatch.setattr(dse.trial, "measure_trained_latency", lambda row, device, artifacts_dir: measured.append(row["trial_id"]) or {**row, "latency_trained_s": 0.5})
     assert study_mod.measure_latency_pass(plan) == 2 and measured == [ids[0], ids[2]]
     assert study_mod.measure_latency_pass(plan) == 0 and measured == [ids[0], ids[2]]
 
 
-def test_the_latency_pass_reads_and_writes_only_the_trials_own_folder(cfg, tmp_path):
-    """A row whose `checkpoint` was edited to name a file elsewhere: the pass measures the student in
-    the trial's own artifacts folder and writes its ONNX file there, never beside the named file."""
+def test_the_latency_recheck_pass_reads_and_writes_only_the_trials_own_folder(cfg, tmp_path):
+    """A row whose `checkpoint` was edited to name a file elsewhere: the re-check on trained weights
+    (eval.latency_recheck) measures the student in the trial's own artifacts folder and writes its ONNX
+    file there (the onnxruntime runtime exports it), never beside the named file."""
     from dse.evaluation import save_student
     from dse.models.dit import DiT
 
@@ -228,14 +255,15 @@ def test_the_latency_pass_reads_and_writes_only_the_trials_own_folder(cfg, tmp_p
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "student.pt").write_bytes(b"not a student")
-    eval_cfg = {**dataclasses.asdict(spec.eval), "latency_num_images": 8, "latency_batch": 4, "latency_repeats": 1}
-    plan.store.write(_row(cfg, 0, latency_s=None, checkpoint=str(elsewhere / "student.pt"),
-                          config_json=json.dumps({"eval": eval_cfg})))
+    eval_cfg = {**dataclasses.asdict(spec.eval), "latency_num_images": 8, "latency_batch": 4, "latency_repeats": 1,
+                "latency_runtime": "onnxruntime"}
+    plan.store.write(_row(cfg, 0, checkpoint=str(elsewhere / "student.pt"), config_json=json.dumps({"eval": eval_cfg})))
     assert study_mod.measure_latency_pass(plan) == 1
     row = plan.store.read().iloc[0]
-    assert row["status"] == "complete" and row["latency_s"] > 0, row["error"]
+    assert row["status"] == "complete" and row["latency_trained_s"] > 0 and row["latency_trained_s_std"] > 0, row["error"]
+    assert row["latency_s"] == 0.1  # the latency measured before training stays the row's latency
     assert sorted(p.name for p in elsewhere.iterdir()) == ["student.pt"]
-    assert (own / "student.onnx").is_file() or not spec.eval.onnx
+    assert (own / "student.onnx").is_file()
 
 
 def test_dse_status_prints_one_screen_and_unknown_studies_are_one_line(cfg, executor, capsys):

@@ -17,12 +17,16 @@ a trial instead of 1.9 s, and the first trial's 4 s of imports once per worker i
   given to Tune as a plain resource dict.
 - `driver.py`: `run_trials`, the Tune trainable, the progress events, the rows of stopped trials.
   Search: "grid" runs every spec once; "optuna" samples `num_samples` distinct specs with Optuna's
-  multi-objective TPE (`optuna_search.py`, imported only for that search) over (fid, params), both
-  minimised. Latency is measured after the search in its own pass, so it cannot steer the sampler.
-- `halving.py`: `HalvingScheduler` stops trials whose partial (params, loss) is dominated at a rung
-  (`dse.search.SuccessiveHalving`); the driver writes their rows with status STOPPED.
-- `reports.py`: what a trial tells Tune (the phases of its reports), read by the driver, the
-  scheduler and the searcher.
+  multi-objective TPE (`optuna_search.py`, imported only for that search) over (fid, params,
+  latency_s), all minimised. The study measures latency before training (`TrialSpec.latency`), so it
+  steers the sampler and halving from the first trial: every Optuna trial carries its candidate's
+  latency; when a candidate has no usable one (not measured, or contended) the sampler falls back to
+  (fid, params) and says so.
+- `halving.py`: `HalvingScheduler` stops trials whose partial (params, latency, loss) is dominated at a
+  rung (`dse.search.SuccessiveHalving`; (params, loss) at a rung where one lacks a usable latency); the
+  driver writes their rows with status STOPPED.
+- `reports.py`: what a trial tells Tune (the phases of its reports, and the latency every report
+  carries), read by the driver, the scheduler and the searcher.
 - Ctrl-C: Tune's own SIGINT handler (which stops the run gracefully and returns as if it had
   finished) is off, so an interrupted `run_trials` raises KeyboardInterrupt; the trials keep their
   checkpoints (`last.pt`) and the next run resumes them.

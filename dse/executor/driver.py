@@ -27,7 +27,7 @@ from dse.errors import DseError
 from dse.events import FAILED, START, STOPPED, TRAIN, OnEvent
 from dse.executor.cluster import prepare_cluster
 from dse.executor.halving import HalvingScheduler
-from dse.executor.reports import PHASE_DONE, PHASE_TRAIN
+from dse.executor.reports import PHASE_DONE, PHASE_TRAIN, reported_latency
 from dse.executor.resources import resources_of
 from dse.layout import TUNE_DIR
 from dse.sizing import count_params
@@ -56,11 +56,12 @@ def _trainable(config: dict, specs: dict[str, TrialSpec], store_root: str) -> No
     spec = specs[config["trial_id"]]
     params = count_params(spec.arch, spec.geometry)
     total = _total_steps(spec)
+    latency = reported_latency(spec)  # measured before training: halving ranks it at every rung
 
     def progress(kind: str, data: dict) -> None:
         if kind == TRAIN:  # "fid": None, because Tune checks that every report has the searcher's metrics
             tune.report({"phase": PHASE_TRAIN, "step": data["step"], "loss": data["loss"], "params": params,
-                         "total_steps": total, "fid": None})
+                         "total_steps": total, "fid": None, "latency_s": latency})
 
     start = time.perf_counter()
     result = run_trial(spec, progress)
@@ -74,7 +75,7 @@ def _trainable(config: dict, specs: dict[str, TrialSpec], store_root: str) -> No
     store_seconds = time.perf_counter() - start - trial_seconds
     tune.report({
         "phase": PHASE_DONE, "status": row["status"], "error": row.get("error") or "",
-        "params": row.get("params", params), "fid": row.get("fid"), "latency_s": row.get("latency_s"),
+        "params": row.get("params", params), "fid": row.get("fid"), "latency_s": reported_latency(spec, row),
         "trial_seconds": trial_seconds, "store_seconds": store_seconds,
         "nice": os.nice(0),  # the worker's priority (see dse.executor)
     })
@@ -101,12 +102,16 @@ def run_trials(
     -1 chooses from each candidate's estimated memory, 0 without GPUs) and `cpus_per_trial` (0: the
     CPUs that go with the GPU share, or all of a node's CPUs for a CPU-only trial, so CPU trials run one
     at a time). `search`: "grid" runs every spec once; "optuna" runs `num_samples` distinct specs
-    (0: all) sampled by multi-objective TPE over (fid, params), seeded by `seed`; specs whose rows are
-    already in the store as complete or stopped are told to the sampler and never run again, and so
-    are the study's other candidates in `context` (done, or run by another process), which it learns
-    from through their rows (failed ones included) and never runs.
-    `halving` stops trials dominated in (params, loss) at the rungs (`dse.search`); their rows are
-    written with status STOPPED.
+    (0: all) sampled by multi-objective TPE over (fid, params, latency_s), seeded by `seed`; specs whose
+    rows are already in the store as complete or stopped are told to the sampler and never run again,
+    and so are the study's other candidates in `context` (done, or run by another process), which it
+    learns from through their rows (failed ones included) and never runs.
+    `halving` stops trials dominated in (params, latency, loss) at the rungs (`dse.search`); their rows
+    are written with status STOPPED.
+    Latency steers both from the start: each spec's `latency` (the study's measurement before training)
+    is in every report of its trial (`reports.reported_latency`) and told to the sampler for every
+    candidate. A latency that is missing or contended is never ranked: halving ranks such a rung on
+    (params, loss), and the sampler, if any candidate lacks one, minimises (fid, params) with a warning.
     """
     if search not in SEARCHES:
         raise DseError(f"search {search!r}: use one of {', '.join(SEARCHES)}")
@@ -141,16 +146,19 @@ def run_trials(
         from dse.executor.optuna_search import known_results, make_optuna_search, search_key  # needs optuna
 
         others = {s.trial_id: s for s in context if s.trial_id not in by_id}
-        known = known_results(store, [*others, *by_id], failed=others)  # a failed spec of ours may run again
+        every = {**others, **by_id}
+        # a failed spec of ours may run again; rows without a latency take their spec's
+        known = known_results(store, list(every), failed=others, specs=every)
         fresh = [tid for tid in by_id if tid not in known]
         n = min(num_samples or len(fresh), len(fresh))
         if n == 0:
             return
-        keys = {tid: search_key(s) for tid, s in {**others, **by_id}.items()}
+        keys = {tid: search_key(s) for tid, s in every.items()}
+        latency = {tid: reported_latency(s) for tid, s in every.items()}  # measured before training
         param_space = {}
         tune_config = tune.TuneConfig(
-            search_alg=make_optuna_search(keys, known, seed, unavailable=set(others)), num_samples=n,
-            scheduler=scheduler, reuse_actors=True, **naming)
+            search_alg=make_optuna_search(keys, known, seed, unavailable=set(others), latency=latency),
+            num_samples=n, scheduler=scheduler, reuse_actors=True, **naming)
     tuner = tune.Tuner(
         trainable, param_space=param_space, tune_config=tune_config,
         run_config=tune.RunConfig(

@@ -1,6 +1,7 @@
 """Owns successive halving under Ray Tune: `HalvingScheduler`, a Tune scheduler that asks
 `dse.search.SuccessiveHalving` at every training report and stops the trials it rejects, and
-`halving_group`, which trials' losses it compares.
+`halving_group`, which trials' losses it compares. It ranks what each training report carries: the
+trial's params, its loss and its latency ("latency_s": measured before training, None when not usable).
 
 Halving compares candidates, not training seeds: the seeds of one candidate (`TrialSpec.candidate_id`)
 are one entry of the halving, the first of them to reach a rung stands for the candidate there, and
@@ -41,7 +42,8 @@ class HalvingScheduler(FIFOScheduler):
         tid = trial.config["trial_id"]
         spec, total = self.specs[tid], int(result["total_steps"])
         stop = self.halving.observe(spec.candidate_id, halving_group(spec, total), params=result["params"],
-                                    step=int(result["step"]), total_steps=total, loss=result["loss"])
+                                    step=int(result["step"]), total_steps=total, loss=result["loss"],
+                                    latency=result.get("latency_s"))
         if stop is None:
             return TrialScheduler.CONTINUE
         # the candidate's decision, at this seed's own report

@@ -1,20 +1,28 @@
 """Owns the optuna search: `DistinctOptunaSearch`, Ray Tune's `OptunaSearch` with seeded
-multi-objective TPE over (fid, params) that never suggests a candidate twice, and what the store tells
-it (`known_results`). Imported only for `search = "optuna"` (it needs the optuna package).
+multi-objective TPE over (fid, params, latency_s) that never suggests a candidate twice, and what the
+store tells it (`known_results`). Imported only for `search = "optuna"` (it needs the optuna package).
+
+Latency is measured before training, so the sampler knows it for every candidate from the start: every
+Optuna trial it asks or creates (complete, pruned, failed, told from the store) carries the candidate's
+latency as the user attribute "latency_s", and a complete one has it as its third value. It is an
+objective only when every candidate of the search (the study's others too) has a usable latency
+(`dse.search.usable_latency`); otherwise the search is over (fid, params), with a warning naming how many
+lack one (a missing value cannot be told to Optuna as a value, and a made-up one would steer it).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from ray.tune.search.optuna import OptunaSearch
 
 import dse.search as dse_search
 from dse.errors import DseError
 from dse.events import COMPLETE, FAILED, STOPPED
-from dse.executor.reports import PHASE_DONE, PHASE_TRAIN
+from dse.executor.reports import PHASE_DONE, PHASE_TRAIN, reported_latency
 from dse.store import ResultsStore, is_null
 from dse.trial import TrialSpec
 
@@ -25,8 +33,11 @@ except ImportError:
 
 log = logging.getLogger(__name__)
 
-# What the optuna search minimises (latency comes later, in the study's own pass).
-SEARCH_OBJECTIVES = ("fid", "params")
+# What the optuna search minimises: image quality, size and latency (measured before training).
+SEARCH_OBJECTIVES = ("fid", "params", "latency_s")
+# ... when a candidate of the search has no usable latency.
+FALLBACK_OBJECTIVES = ("fid", "params")
+LATENCY_ATTR = "latency_s"  # the user attribute of every Optuna trial: its candidate's latency (None: none)
 
 
 def search_key(spec: TrialSpec) -> tuple:
@@ -34,25 +45,34 @@ def search_key(spec: TrialSpec) -> tuple:
     return (spec.variant or f"{spec.train.setup}-{spec.train.loss}", spec.arch.width, spec.arch.depth, spec.arch.heads)
 
 
-# A result the sampler is told: ("complete", [fid, params]), ("pruned", None) or ("fail", None).
-Known = tuple[str, "list[float] | None"]
+class Known(NamedTuple):
+    """A result the sampler is told: state "complete" (values [fid, params]), "pruned" or "fail" (values
+    None), and the candidate's usable latency in seconds (None: none known from its row)."""
+
+    state: str
+    values: list[float] | None
+    latency: float | None = None
 
 
-def known_results(store: ResultsStore, ids: list[str], *, failed: Iterable[str] = ()) -> dict[str, Known]:
-    """trial_id -> what the store says of it, for the ids with a row that counts: complete (with both
-    objectives), stopped or complete without an FID (pruned) and, for the ids in `failed`, failed."""
-    failed = set(failed)
+def known_results(store: ResultsStore, ids: list[str], *, failed: Iterable[str] = (),
+                  specs: Mapping[str, TrialSpec] | None = None) -> dict[str, Known]:
+    """trial_id -> what the store says of it, for the ids with a row that counts: complete (with fid and
+    params), stopped or complete without an FID (pruned) and, for the ids in `failed`, failed. The latency
+    is the row's usable one, or, for a row without (stored before latency came first), that of its spec
+    in `specs`."""
+    failed, specs = set(failed), specs or {}
     df = store.read()
     out: dict[str, Known] = {}
     for rec in df[df["trial_id"].isin(set(ids))].to_dict("records"):
         tid, status = rec["trial_id"], rec["status"]
-        values = [rec.get(k) for k in SEARCH_OBJECTIVES]
+        latency = reported_latency(specs[tid], rec) if tid in specs else dse_search.usable_latency(rec)
+        values = [rec.get(k) for k in FALLBACK_OBJECTIVES]
         if status == COMPLETE and not any(map(is_null, values)):
-            out[tid] = ("complete", [float(v) for v in values])
+            out[tid] = Known("complete", [float(v) for v in values], latency)
         elif status in (COMPLETE, STOPPED):
-            out[tid] = ("pruned", None)
+            out[tid] = Known("pruned", None, latency)
         elif status == FAILED and tid in failed:
-            out[tid] = ("fail", None)
+            out[tid] = Known("fail", None, latency)
     return out
 
 
@@ -69,11 +89,23 @@ class DistinctOptunaSearch(OptunaSearch):
     STATES = {"complete": ot.trial.TrialState.COMPLETE, "pruned": ot.trial.TrialState.PRUNED,
               "fail": ot.trial.TrialState.FAIL}
 
-    def __init__(self, keys: dict[str, tuple], known: dict[str, Known], seed: int, unavailable=()):
+    def __init__(self, keys: dict[str, tuple], known: Mapping[str, tuple], seed: int, unavailable=(),
+                 latency: Mapping[str, float | None] | None = None):
         ot.logging.set_verbosity(ot.logging.WARNING)
         self._tree = dse_search.CandidateTree(keys)
-        super().__init__(space=self._define, metric=list(SEARCH_OBJECTIVES),
-                         mode=["min"] * len(SEARCH_OBJECTIVES), seed=seed)
+        known = {tid: Known(*k) for tid, k in known.items()}
+        latency = latency or {}
+        # each candidate's latency: from its row when the store has one, else as given (from its spec)
+        self._latency: dict[str, float | None] = {
+            tid: known[tid].latency if tid in known and known[tid].latency is not None else latency.get(tid)
+            for tid in keys}
+        lacking = sum(v is None for v in self._latency.values())
+        self.objectives = SEARCH_OBJECTIVES if not lacking else FALLBACK_OBJECTIVES
+        if lacking:
+            log.warning("optuna: %d of %d candidates have no usable latency (not measured, or contended): "
+                        "the sampler minimises (%s) only", lacking, len(keys), ", ".join(self.objectives))
+        super().__init__(space=self._define, metric=list(self.objectives), mode=["min"] * len(self.objectives),
+                         seed=seed)
         self._order = random.Random(seed).sample(sorted(keys), len(keys))  # the fallback order
         self._outcome: dict[str, Known] = {}
         self._running: set[str] = set(unavailable) - set(known)
@@ -82,16 +114,25 @@ class DistinctOptunaSearch(OptunaSearch):
         for tid, outcome in known.items():
             path = self._tree.path(tid)
             self._ot_study.add_trial(ot.trial.create_trial(
-                state=self.STATES[outcome[0]], values=outcome[1], params={n: v for n, (v, _) in path.items()},
-                distributions={n: ot.distributions.CategoricalDistribution(o) for n, (_, o) in path.items()}))
+                state=self.STATES[outcome.state], values=self._values(tid, outcome),
+                params={n: v for n, (v, _) in path.items()},
+                distributions={n: ot.distributions.CategoricalDistribution(o) for n, (_, o) in path.items()},
+                user_attrs={LATENCY_ATTR: self._latency.get(tid)}))
             self._outcome[tid] = outcome
+
+    def _values(self, tid: str, outcome: Known) -> list[float] | None:
+        """What Optuna is told of a complete trial: [fid, params], and its latency when it is an objective."""
+        if outcome.values is None:
+            return None
+        return [*outcome.values, self._latency[tid]] if "latency_s" in self.objectives else list(outcome.values)
 
     def _define(self, ot_trial) -> None:  # the define-by-run space (OptunaSearch needs one to start)
         self._tree.walk(ot_trial.suggest_categorical)
 
     def _tell(self, ot_trial, tid: str) -> None:
-        state, values = self._outcome[tid]
-        self._ot_study.tell(ot_trial, values, state=self.STATES[state])
+        outcome = self._outcome[tid]
+        ot_trial.set_user_attr(LATENCY_ATTR, self._latency.get(tid))  # the latency the result came with
+        self._ot_study.tell(ot_trial, self._values(tid, outcome), state=self.STATES[outcome.state])
 
     def _tried(self, tid: str) -> bool:
         return tid in self._outcome or tid in self._running
@@ -102,6 +143,7 @@ class DistinctOptunaSearch(OptunaSearch):
         for _ in range(self.MAX_DRAWS):
             ot_trial = self._ot_study.ask()
             tid = self._tree.walk(ot_trial.suggest_categorical)
+            ot_trial.set_user_attr(LATENCY_ATTR, self._latency.get(tid))
             if not self._tried(tid):
                 break
             if tid in self._outcome:
@@ -113,6 +155,7 @@ class DistinctOptunaSearch(OptunaSearch):
             self._ot_study.enqueue_trial({n: v for n, (v, _) in self._tree.path(tid).items()})
             ot_trial = self._ot_study.ask()
             self._tree.walk(ot_trial.suggest_categorical)  # takes the enqueued choices: tid
+            ot_trial.set_user_attr(LATENCY_ATTR, self._latency.get(tid))
         self._ot_trials[trial_id] = ot_trial
         self._candidate[trial_id] = tid
         self._running.add(tid)
@@ -123,13 +166,16 @@ class DistinctOptunaSearch(OptunaSearch):
         if tid is None or tid in self._outcome:
             return
         result = result or {}
-        values = [result.get(k) for k in SEARCH_OBJECTIVES]
+        reported = dse_search.usable_latency(result)  # the row's, as the trial reports it (`reported_latency`)
+        if reported is not None:
+            self._latency[tid] = reported
+        values = [result.get(k) for k in FALLBACK_OBJECTIVES]
         if result.get("phase") == PHASE_DONE and result.get("status") == COMPLETE and not any(map(is_null, values)):
-            self._outcome[tid] = ("complete", [float(v) for v in values])
+            self._outcome[tid] = Known("complete", [float(v) for v in values], self._latency[tid])
         elif result.get("phase") == PHASE_TRAIN and not error:  # stopped by halving
-            self._outcome[tid] = ("pruned", None)
+            self._outcome[tid] = Known("pruned", None, self._latency[tid])
         else:
-            self._outcome[tid] = ("fail", None)
+            self._outcome[tid] = Known("fail", None, self._latency[tid])
         self._running.discard(tid)
         for ot_trial in [self._ot_trials[trial_id], *self._waiting.pop(tid, [])]:
             try:
@@ -139,10 +185,12 @@ class DistinctOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def make_optuna_search(keys: dict[str, tuple], known: dict[str, Known], seed: int = 0,
-                       unavailable=()) -> DistinctOptunaSearch:
+def make_optuna_search(keys: dict[str, tuple], known: Mapping[str, tuple], seed: int = 0, unavailable=(),
+                       latency: Mapping[str, float | None] | None = None) -> DistinctOptunaSearch:
     """A `DistinctOptunaSearch`: Ray Tune's `OptunaSearch` with seeded multi-objective TPE over
-    (fid, params), sampling a candidate as a path of categorical choices (`search.CandidateTree` over
-    `keys`, trial_id -> `search_key`), told the results in `known` and never suggesting those nor the
-    `unavailable` ids (candidates of the study run elsewhere)."""
-    return DistinctOptunaSearch(keys, known, seed, unavailable)
+    (fid, params, latency_s) (or (fid, params) when a candidate has no usable latency), sampling a
+    candidate as a path of categorical choices (`search.CandidateTree` over `keys`, trial_id ->
+    `search_key`), told the results in `known` (`Known`, or (state, values) pairs) and never suggesting
+    those nor the `unavailable` ids (candidates of the study run elsewhere). `latency`: trial_id -> its
+    usable latency in seconds or None (from its spec; a known row's own latency wins)."""
+    return DistinctOptunaSearch(keys, known, seed, unavailable, latency)

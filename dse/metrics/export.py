@@ -1,5 +1,6 @@
 """Owns the ONNX deployment proxy: one graph per student that maps noise and labels to guided images
-(guidance folded in), its export, its agreement with PyTorch, and its onnxruntime CPU latency.
+(guidance folded in), its export, its agreement with PyTorch, its onnxruntime session and CPU latency
+(the `onnx` columns; `dse.metrics.runtimes` times the same graph as the `onnxruntime` latency runtime).
 
 The paper times its students on an edge device (Jetson Orin); an ONNX graph run by onnxruntime is
 the portable stand-in for such a deployment. The graph takes z (B, C, H, W) float32 and y (B,) int64
@@ -21,6 +22,7 @@ import os
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +32,17 @@ from torch import nn
 from dse.errors import DseError
 from dse.fileio import atomic_write
 from dse.layout import ONNX_FILE
+from dse.metrics.latency import batch_sizes, check_counts
 
 # Opset 17: the first with a fused LayerNormalization; read by every onnxruntime since 1.14.
 DEFAULT_OPSET = 17
 INPUT_NAMES = ("z", "y")
 OUTPUT_NAME = "x"
 _INSTALL = "pip install onnx onnxruntime"
+CPU_PROVIDER, CUDA_PROVIDER = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
-def _onnx():
+def onnx_module():
     try:
         import onnx
     except ImportError as exc:
@@ -46,7 +50,7 @@ def _onnx():
     return onnx
 
 
-def _ort():
+def ort_module():
     try:
         import onnxruntime
     except ImportError as exc:
@@ -88,7 +92,7 @@ def export_onnx(
     The file's metadata records the guidance, the geometry and the architecture. Returns
     `onnx_path`, `onnx_bytes`, `onnx_opset`, `onnx_exporter`, `onnx_guidance`, `onnx_export_s`.
     """
-    onnx = _onnx()
+    onnx = onnx_module()
     path = Path(path)
     if path.is_dir():
         raise DseError(f"cannot write the ONNX file {path}: it is a folder; give a file name such as {path / ONNX_FILE}")
@@ -127,8 +131,10 @@ def export_onnx(
     }
 
 
-def _session(path: str | Path, threads: int):
-    ort = _ort()
+def onnx_session(path: str | Path, threads: int, providers: Sequence[str] = (CPU_PROVIDER,)):
+    """An onnxruntime session of the ONNX file at `path` with `threads` intra-op threads (one inter-op,
+    sequential execution, every graph optimisation) on the first of `providers` that works."""
+    ort = ort_module()
     path = Path(path)
     if not path.is_file():
         raise DseError(f"no ONNX file at {path}: export the student first (dse.metrics.export.export_onnx)")
@@ -139,9 +145,29 @@ def _session(path: str | Path, threads: int):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
         raise DseError(f"cannot load the ONNX file {path} ({type(exc).__name__}: {exc}); export it again") from None
+
+
+def onnx_runner(session, path: str | Path, seed: int = 0) -> Callable[[list[int]], None]:
+    """A function that generates one guided image per entry of batches `sizes` with `session`: noise z
+    (b, C, H, W) float32 and labels y (b,) int64 made per batch with numpy (the protocol of
+    `dse.metrics.latency.measure_latency`); the outputs come back to the host, so a call is finished
+    when it returns."""
+    z_shape = session.get_inputs()[0].shape[1:]  # (C, H, W): static dims; the batch is symbolic
+    if not all(isinstance(d, int) for d in z_shape):
+        raise DseError(f"the ONNX file {path} has no fixed image shape ({z_shape}): export it with dse")
+    num_classes = int(session.get_modelmeta().custom_metadata_map.get("dse_num_classes", "1"))
+    rng = np.random.default_rng(seed)
+
+    def run(sizes: list[int]) -> None:
+        for b in sizes:
+            z = rng.standard_normal((b, *z_shape), dtype=np.float32)  # (b, C, H, W)
+            y = rng.integers(0, num_classes, b, dtype=np.int64)  # (b,)
+            session.run([OUTPUT_NAME], {"z": z, "y": y})
+
+    return run
 
 
 def _threads(threads: int) -> int:
@@ -163,7 +189,7 @@ def check_onnx(model: nn.Module, path: str | Path, guidance: float = 1.5, *, bat
     student = _cpu_copy(model)
     z, y = _example(student.geometry, batch_size, seed)
     expected = student.forward_with_cfg(z, y, guidance).numpy()
-    session = _session(path, 1)
+    session = onnx_session(path, 1)
     got = session.run([OUTPUT_NAME], {"z": z.numpy(), "y": y.numpy()})[0]
     if got.shape != expected.shape:
         raise DseError(f"the ONNX file {path} returns shape {got.shape}, PyTorch {expected.shape}: export it again")
@@ -183,25 +209,9 @@ def onnx_latency(
     Returns `latency_onnx_cpu_s`, `latency_onnx_per_image_ms`, `latency_onnx_threads`,
     `latency_onnx_num_images`, `latency_onnx_batch`, `latency_onnx_repeats`.
     """
-    from dse.metrics.latency import batch_sizes
-
-    for key, value in (("num_images", num_images), ("batch_size", batch_size), ("repeats", repeats)):
-        if int(value) < 1:
-            raise DseError(f"ONNX latency {key} must be at least 1 (got {value})")
+    check_counts(num_images, batch_size, repeats, warmup, what="ONNX latency")
     threads = _threads(threads)
-    session = _session(path, threads)
-    z_shape = session.get_inputs()[0].shape[1:]  # (C, H, W): static dims; the batch is symbolic
-    if not all(isinstance(d, int) for d in z_shape):
-        raise DseError(f"the ONNX file {path} has no fixed image shape ({z_shape}): export it with dse")
-    num_classes = int(session.get_modelmeta().custom_metadata_map.get("dse_num_classes", "1"))
-    rng = np.random.default_rng(seed)
-
-    def run(sizes: list[int]) -> None:
-        for b in sizes:
-            z = rng.standard_normal((b, *z_shape), dtype=np.float32)  # (b, C, H, W)
-            y = rng.integers(0, num_classes, b, dtype=np.int64)  # (b,)
-            session.run([OUTPUT_NAME], {"z": z, "y": y})
-
+    run = onnx_runner(onnx_session(path, threads), path, seed)
     sizes = batch_sizes(num_images, batch_size)
     for _ in range(warmup):
         run(sorted(set(sizes), reverse=True))
