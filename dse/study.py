@@ -304,6 +304,7 @@ def latency_pass(plan: StudyPlan, on_latency: Callable[[int, int, ArchLatency], 
     limit = space.max_latency_per_image_s
     seen: dict[StudentArch, ArchLatency] = {}
     out: list[ArchLatency] = []
+    total = len({c.arch for c in plan.candidates})
     for cand in plan.candidates:
         if cand.arch in seen:
             continue
@@ -352,7 +353,7 @@ def latency_pass(plan: StudyPlan, on_latency: Callable[[int, int, ArchLatency], 
         seen[cand.arch] = item
         out.append(item)
         if on_latency:
-            on_latency(len(out), len({c.arch for c in plan.candidates}), item)
+            on_latency(len(out), total, item)
     measured = [a for a in out if a.reason == "" or a.columns]
     if measured and all(a.error for a in measured):
         raise DseError(f"latency: every measurement failed, e.g. {measured[0].arch.name}: {measured[0].error}")
