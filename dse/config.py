@@ -314,8 +314,8 @@ TEACHER_KINDS = ("empirical", "trained", "external", "store")  # the teacher reg
 SEARCHES = ("grid", "optuna")  # run.search: the executor's searchers
 LPIPS_NETS = ("alex", "vgg")  # dse.assets.lpips.TRUNKS
 SPLITS = ("train", "test")  # dse.data.datasets.SPLITS: what eval.reference may name
-LATENCY_RUNTIMES = ("torch", "onnxruntime", "command")  # dse.metrics.runtimes.RUNTIMES
-# what eval.latency_command may name in braces: dse.metrics.runtimes.command_fields()
+LATENCY_RUNTIMES = ("torch", "onnxruntime", "command")  # what dse.metrics.runtimes measures with (its RUNTIMES)
+# what eval.latency_command may name in braces (dse.metrics.runtimes.command_values fills each one)
 COMMAND_FIELDS = ("onnx", "batch", "num_images", "batches", "repeats", "warmup", "guidance", "channels",
                   "image_size", "num_classes", "z_shape", "y_shape", "device_name")
 

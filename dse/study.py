@@ -24,6 +24,7 @@ from dse.events import COMPLETE, FAILED, LATENCY, OUTSIDE, STATUSES, STOPPED, On
 from dse.fileio import atomic_write, check_folder
 from dse.layout import ARTIFACTS_DIR, LAST_CHECKPOINT, SAMPLES_FILE, StudyLayout, check_name, study_names
 from dse.pareto import FRONT, TIED, noise_aware_front
+from dse.search import usable_latency
 from dse.sizing import Candidate, design_rule, enumerate_candidates
 from dse.stats import group_points
 from dse.store import ResultsStore, is_null
@@ -99,8 +100,8 @@ class ArchLatency:
     @property
     def usable(self) -> bool:
         """A latency the study may rank on and check constraints with: measured, and not contended."""
-        v = self.columns.get("latency_s")
-        return isinstance(v, (int, float)) and v == v and v > 0 and not self.columns.get("latency_contended")
+        value = usable_latency(self.columns)
+        return value is not None and value > 0
 
     def to_dict(self) -> dict:
         return {"depth": self.arch.depth, "width": self.arch.width, "heads": self.arch.heads,
@@ -354,9 +355,9 @@ def latency_pass(plan: StudyPlan, on_latency: Callable[[int, int, ArchLatency], 
         out.append(item)
         if on_latency:
             on_latency(len(out), total, item)
-    measured = [a for a in out if a.reason == "" or a.columns]
-    if measured and all(a.error for a in measured):
-        raise DseError(f"latency: every measurement failed, e.g. {measured[0].arch.name}: {measured[0].error}")
+    tried = [a for a in out if a.columns or a.error]  # measured or read from the cache, not left out by max_params
+    if tried and all(a.error for a in tried):
+        raise DseError(f"latency: every measurement failed, e.g. {tried[0].arch.name}: {tried[0].error}")
     return out
 
 
@@ -424,7 +425,10 @@ def fill_latency(plan: StudyPlan, latency: list[ArchLatency]) -> int:
     done = 0
     for record in todo.to_dict("records"):
         row = {k: (None if is_null(v) else v) for k, v in record.items()}
-        name = f"d{row.get('depth')}-w{row.get('width')}-h{row.get('heads')}"
+        try:
+            name = StudentArch(int(row["depth"]), int(row["width"]), int(row["heads"])).name
+        except (KeyError, TypeError, ValueError):  # a row without its architecture: nothing to give it
+            continue
         if name in by_name:
             store.write({**row, **by_name[name].columns})
             done += 1

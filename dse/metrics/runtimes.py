@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from dse.config import EvalConfig, check_command_template
+from dse.config import COMMAND_FIELDS, LATENCY_RUNTIMES, EvalConfig, check_command_template
 from dse.errors import DseError
 from dse.layout import ONNX_FILE
 from dse.metrics import export
@@ -61,10 +61,9 @@ from dse.metrics.latency import (
     with_attempts,
 )
 
-RUNTIMES = ("torch", "onnxruntime", "command")  # dse.config.LATENCY_RUNTIMES
-# What a command template may name in braces (dse.config.COMMAND_FIELDS checks templates against it).
-_COMMAND_FIELDS = ("onnx", "batch", "num_images", "batches", "repeats", "warmup", "guidance", "channels",
-                   "image_size", "num_classes", "z_shape", "y_shape", "device_name")
+RUNTIMES = LATENCY_RUNTIMES  # named once, in the light config (which validates eval.latency_runtime)
+# What a command template may name in braces: named once in config, which checks templates against it.
+_COMMAND_FIELDS = COMMAND_FIELDS
 # The JSON keys a command may report its figure in, and what turns each into seconds for num_images images.
 _SECONDS_KEYS = ("latency_s", "seconds")
 _MS_KEYS = ("per_image_ms", "per_batch_ms")

@@ -22,7 +22,6 @@ from dse.layout import ONNX_FILE
 from dse.metrics import runtimes
 from dse.metrics.latency import LATENCY_COLUMNS, LATENCY_NOISE_FLOOR
 from dse.metrics.runtimes import (
-    RUNTIMES,
     Protocol,
     command_fields,
     command_values,
@@ -49,10 +48,14 @@ def protocol(runtime: str = "torch", **kw) -> Protocol:
 
 
 # ----------------------------------------------------------------------------------- registries
-def test_registries_match_the_config():
-    assert RUNTIMES == config.LATENCY_RUNTIMES
-    assert command_fields() == config.COMMAND_FIELDS
-    assert tuple(command_values(protocol(), GEOMETRY, "/x.onnx")) == config.COMMAND_FIELDS
+def test_every_runtime_and_field_config_allows_is_one_dse_can_measure_with():
+    # the names live in the light config (which validates them); here: each one is implemented
+    for runtime in config.LATENCY_RUNTIMES:
+        extra = {"command": "time {onnx}", "device_name": "board"} if runtime == "command" else {}
+        assert protocol(runtime, **extra).runtime == runtime
+    with pytest.raises(DseError, match="latency runtime 'tensorrt'"):
+        protocol("tensorrt")
+    assert tuple(command_values(protocol(), GEOMETRY, "/x.onnx")) == config.COMMAND_FIELDS == command_fields()
 
 
 def test_every_column_is_declared_by_the_store():
