@@ -79,6 +79,8 @@ def run(
     cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", help="CPUs per trial [0: every CPU of a node]."),
     gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="GPUs per trial, fractions allowed (0.25: four per GPU) [-1: from the model's memory]."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster (HOST:PORT) [$RAY_ADDRESS, else a local Ray]."),
+    cohort_size: Optional[int] = typer.Option(None, "--cohort-size", help="Train up to N compatible students (seeds, losses of one architecture) together in one process [0: as GPU memory allows, 1 on CPUs]."),
+    compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile each student's training step (CUDA graphs on a GPU) [no]."),
     results_dir: Optional[str] = typer.Option(None, "--results-dir", help="Where studies are stored [results]."),
     reports_dir: Optional[str] = typer.Option(None, "--reports-dir", help="Where reports are written [reports]."),
     assignments: Optional[list[str]] = typer.Option(None, "--set", help="Any key of the space file: SECTION.KEY=VALUE, e.g. --set data.dataset=digits (repeatable)."),
@@ -100,12 +102,12 @@ def run(
         space, name=study, assignments=assignments,
         space={"budget": budget, "lower": lower, "upper": upper, "seeds": _seeds(seeds), "max_latency": max_latency,
                "max_params": max_params},
-        train={"steps": steps},
+        train={"steps": steps, "compile": compile_model},
         eval={"num_samples": fid_samples, "latency_runtime": latency_runtime, "latency_recheck": recheck_latency},
         run={"device": device, "results_dir": results_dir, "reports_dir": reports_dir,
              "retry_failed": retry_failed or None, "search": search, "num_samples": num_samples,
              "halving": halving, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
-             "address": address},
+             "address": address, "cohort_size": cohort_size},
     )
     plan = preflight(cfg)  # planned and checked once, before anything is written (the cluster: when the run connects)
     seeds = len(cfg.space.seeds) or 1

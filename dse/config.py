@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, get_args, get_origin, get_type_hints
 
+from dse.cohorts import DEFAULT_COHORT, MAX_COHORT  # noqa: F401  (DEFAULT_COHORT: RunConfig's doc)
 from dse.device import check_device_name
 from dse.errors import DseError
 from dse.layout import PAIRS_DIR, check_name
@@ -144,6 +145,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints of a trial (0: only at the end)
     lpips_net: str = "alex"  # or "vgg"
     lpips_size: int = 224  # images are resized bilinearly to this before LPIPS, as GET does; 0: no resize
+    compile: bool = False  # torch.compile the student's forward (CUDA graphs on a GPU); bench/gpu.py measures it
     # MI1 (paper App. B.3): student blocks (from 1) and their times (fraction of noise left; 0 = image)
     mi1_blocks: tuple[int, ...] = ()
     mi1_times: tuple[float, ...] = ()
@@ -233,6 +235,9 @@ class RunConfig:
     halving_eta: int = 3  # at each rung, keep the best 1/eta by non-dominated rank
     retry_failed: bool = False  # run trials stored as failed again
     latency_cache: bool = True  # reuse latencies measured before on this device (results_dir/latency_cache)
+    # students trained together in one process as one batched model (dse.cohorts): 0 chooses (on GPUs, as
+    # many as the memory estimate fits, up to DEFAULT_COHORT; 1 on CPUs), 1 trains each alone, N at most N
+    cohort_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -357,7 +362,8 @@ RANGES: dict[str, dict[str, Rule]] = {
     "run": {"cpus_per_trial": _NOT_NEGATIVE,
             "gpus_per_trial": (lambda v: v == -1 or 0 <= v <= 1 or (v > 1 and v.is_integer()),
                                "must be >= 0 (a fraction up to 1, whole GPUs above) or -1 (from the model's memory)"),
-            "num_samples": _NOT_NEGATIVE, "halving_rungs": _at_least(2), "halving_eta": _at_least(2)},
+            "num_samples": _NOT_NEGATIVE, "halving_rungs": _at_least(2), "halving_eta": _at_least(2),
+            "cohort_size": (lambda v: 0 <= v <= MAX_COHORT, f"must be 0 (choose), 1 (alone) or up to {MAX_COHORT}")},
 }
 
 _BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*([kKmM]?)\s*$")
@@ -630,6 +636,10 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         raise DseError(f"{source}: teacher.kind = {cfg.teacher.kind!r} needs teacher.source (a checkpoint, or a TorchScript file / module:function)")
     if cfg.run.search not in SEARCHES:
         raise DseError(f"{source}: run.search must be {_either(SEARCHES)} (got {cfg.run.search!r})")
+    if cfg.run.cohort_size > 1 and (cfg.run.search != "grid" or cfg.run.halving):
+        raise DseError(f"{source}: run.cohort_size = {cfg.run.cohort_size} trains students together, which only grid "
+                       "search without halving does (optuna and halving decide trial by trial); use --cohort-size 1 "
+                       "or 0 (choose)")
 
 
 def _either(names: tuple[str, ...]) -> str:

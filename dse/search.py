@@ -50,11 +50,15 @@ import numbers
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import TYPE_CHECKING
 
 from dse.config import TrainConfig
 from dse.pareto import non_dominated_sort
 from dse.sizing import count_params
 from dse.types import Geometry, StudentArch
+
+if TYPE_CHECKING:
+    from dse.trial import TrialSpec
 
 # ---------------------------------------------------------------------------------------------
 # Resources: GPU share from the estimated peak training memory
@@ -64,6 +68,7 @@ STATE_BYTES_PER_PARAM = 20  # fp32 weights 4 + grads 4 + AdamW exp_avg 4 + exp_a
 ACTIVATION_BYTES = 48  # per token, per unit of width, per block (see the module docstring)
 LPIPS_BYTES_PER_PIXEL = {"alex": 256, "vgg": 3072}  # kept for backward per pixel of the resized image
 CUDA_CONTEXT_BYTES = 512 * 2**20  # CUDA context, cuBLAS / cuDNN workspaces of one trial process
+MEMBER_COPY_BYTES_PER_PARAM = 8  # a cohort member's own weights and EMA (4 + 4), kept for its checkpoint
 DEFAULT_GPU_BYTES = 80 * 10**9  # when no GPU can be asked (a driver without one): an 80 GB card
 SHARES = (0.125, 0.25, 0.5, 1.0)  # the GPU fractions a trial can get
 SAFETY = 1.5  # the share must hold this many times the estimate
@@ -91,6 +96,14 @@ def estimate_train_bytes(arch: StudentArch, geometry: Geometry, train: TrainConf
         side = train.lpips_size or geometry.image_size
         total += LPIPS_BYTES_PER_PIXEL.get(train.lpips_net, LPIPS_BYTES_PER_PIXEL["vgg"]) * b * side * side
     return int(total)
+
+
+def estimate_cohort_bytes(specs: Sequence[TrialSpec]) -> int:
+    """Peak GPU memory (bytes) of training `specs` as one cohort in one process: one CUDA context, and each
+    member's weights, optimizer state and activations (`estimate_train_bytes` without its context) plus
+    the copy of its weights and EMA it keeps for its own checkpoint (dse.distill.cohort)."""
+    return CUDA_CONTEXT_BYTES + sum(estimate_train_bytes(s.arch, s.geometry, s.train) - CUDA_CONTEXT_BYTES
+                                    + MEMBER_COPY_BYTES_PER_PARAM * count_params(s.arch, s.geometry) for s in specs)
 
 
 def gpu_share(train_bytes: int, gpu_bytes: int, safety: float = SAFETY) -> float:

@@ -57,6 +57,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("checkpoint", "string"), ("samples_png", "string"),
     # training
     ("final_loss", "float64"), ("train_seconds", "float64"), ("train_images_per_s", "float64"),
+    # the cohort the student trained in (issue 14): members stepped together as one batched model; the
+    # first member's trial id (this trial's own when it trained alone) and how many there were
+    ("cohort_id", "string"), ("cohort_size", "int64"),
     # the training curve, JSON [[step, loss], ...], and whether the loss was still falling at the end
     ("loss_curve", "string"), ("still_improving", "bool_"), ("loss_trend", "float64"),
     ("eval_seconds", "float64"),

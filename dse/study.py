@@ -252,6 +252,7 @@ def run_study(
             search=r.search, num_samples=r.num_samples, halving=r.halving, halving_rungs=r.halving_rungs,
             halving_eta=r.halving_eta, seed=cfg.train.seed,
             context=[s for s in inside if s.trial_id not in mine_ids], resources=resources,
+            cohort_size=r.cohort_size,
         )
     fill_latency(plan, latency)
     if cfg.eval.latency_recheck:

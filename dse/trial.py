@@ -90,7 +90,7 @@ _LATENCY_ONLY_EVAL = ("latency_runtime", "latency_command", "latency_device_name
 # that value a key is left out of the ids, so a study stored before the key existed keeps its trial ids
 # and resumes instead of running again; any other value changes them, as every setting does.
 _ADDED_LATER: dict[str, dict[str, Any]] = {
-    "train": {},
+    "train": {"compile": False},  # issue 14: torch.compile changes float rounding, not what is trained
     "eval": {"fid_bootstrap": 100},  # issue 12: fid_std / fid_ci_* beside the same fid
 }
 _ABSENT = object()
@@ -135,12 +135,14 @@ def base_row(spec: TrialSpec) -> dict[str, Any]:
     }
 
 
-def run_trial(spec: TrialSpec, progress: Callable[[str, dict], None] | None = None) -> TrialResult:
+def run_trial(spec: TrialSpec, progress: Callable[[str, dict], None] | None = None, *,
+              gpu_share: float = 1.0) -> TrialResult:
     """Train and measure one candidate. Never raises for a failing candidate: the row then has
-    status FAILED and the error, so a study goes on with the other trials."""
+    status FAILED and the error, so a study goes on with the other trials. `gpu_share`: the fraction of
+    its GPU the trial was given (its pairs go onto the GPU only if they fit that share)."""
     row = base_row(spec)
     try:
-        row.update(_train_and_measure(spec, progress))
+        row.update(_train_and_measure(spec, progress, gpu_share))
         row["status"], row["error"] = COMPLETE, None
     except Exception as exc:  # noqa: BLE001 - any failure of one trial is recorded, not propagated
         row["status"] = FAILED
@@ -149,6 +151,65 @@ def run_trial(spec: TrialSpec, progress: Callable[[str, dict], None] | None = No
             progress(FAILED, {"error": row["error"], "traceback": traceback.format_exc()})
     row["finished_at"] = _now()
     return TrialResult(row)
+
+
+def run_cohort(specs: list[TrialSpec], progress: Callable[[str, str, dict], None] | None = None, *,
+               gpu_share: float = 1.0) -> list[TrialResult]:
+    """Train the compatible `specs` (`dse.cohorts.compatible`) together as one cohort
+    (`dse.distill.cohort.train_cohort`: one batched model, each member equal to its trial run alone up to
+    float rounding), then measure each member: one row per spec, as `run_trial` gives it, with
+    `cohort_id` (the first member's trial id) and `cohort_size`. `progress(trial_id, kind, data)`.
+    A member whose loss diverges fails alone; a failure of the cohort's training fails every member.
+    One spec is `run_trial`."""
+    if len(specs) == 1:
+        one = specs[0]
+        return [run_trial(one, (lambda kind, data: progress(one.trial_id, kind, data)) if progress else None,
+                          gpu_share=gpu_share)]
+    from dse.cohorts import compatible
+
+    rows = [base_row(s) for s in specs]
+    cohort = (specs[0].trial_id, len(specs))
+
+    def fail(i: int, exc: BaseException) -> None:
+        rows[i].update(status=FAILED, error=failure_text(exc, specs[i].artifacts_dir), cohort_id=cohort[0],
+                       cohort_size=cohort[1])
+        if progress:
+            progress(specs[i].trial_id, FAILED, {"error": rows[i]["error"], "traceback": traceback.format_exc()})
+
+    try:
+        if not compatible(specs):
+            raise ValueError("these trials cannot train as one cohort (dse.cohorts.compatible)")
+        from dse.distill.cohort import train_cohort
+
+        prepared = [_prepare(s) for s in specs]
+        device, pairs = prepared[0][0], prepared[0][1]
+        ids = [s.trial_id for s in specs]
+
+        def on_step(step: int, losses: list[float]) -> None:
+            if progress:
+                for tid, loss in zip(ids, losses):
+                    if math.isfinite(loss):
+                        progress(tid, TRAIN, {"step": step, "loss": loss})
+
+        dirs = [Path(s.artifacts_dir) if s.artifacts_dir else None for s in specs]
+        outcomes = train_cohort([p[2] for p in prepared], pairs, [s.train for s in specs], device,
+                                progress=on_step, checkpoint_dirs=dirs, memory_share=gpu_share)
+    except Exception as exc:  # noqa: BLE001 - the cohort could not train: every member fails saying why
+        for i in range(len(specs)):
+            fail(i, exc)
+            rows[i]["finished_at"] = _now()
+        return [TrialResult(r) for r in rows]
+    for i, (spec, trained) in enumerate(zip(specs, outcomes)):
+        member = (lambda kind, data, tid=spec.trial_id: progress(tid, kind, data)) if progress else None
+        try:
+            if isinstance(trained, BaseException):
+                raise trained
+            rows[i].update(_measure(spec, trained, pairs, device, member, cohort))
+            rows[i]["status"], rows[i]["error"] = COMPLETE, None
+        except Exception as exc:  # noqa: BLE001 - recorded in the member's row, as run_trial does
+            fail(i, exc)
+        rows[i]["finished_at"] = _now()
+    return [TrialResult(r) for r in rows]
 
 
 # OS errors that say the machine, not the candidate, failed a trial: errno -> what the row says.
@@ -186,31 +247,52 @@ def failure_text(exc: BaseException, folder: str | Path = "") -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | None) -> dict[str, Any]:
-    import torch
-
-    from dse.data.pairs import PairStore
+def _train_and_measure(spec: TrialSpec, progress: Callable[[str, dict], None] | None,
+                       gpu_share: float = 1.0) -> dict[str, Any]:
     from dse.distill.train import train_student
-    from dse.models.dit import DiT, count_module_params
 
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    device = resolve_device(spec.device)
-    pairs = PairStore.open(spec.pairs_dir)
-    torch.manual_seed(spec.train.seed)
-    student = DiT(spec.arch, spec.geometry, label_dropout=spec.train.label_dropout)
+    device, pairs, student = _prepare(spec)
 
     def on_step(step: int, loss: float) -> None:
         if progress:
             progress(TRAIN, {"step": step, "loss": loss})
 
     artifacts = Path(spec.artifacts_dir) if spec.artifacts_dir else None
-    trained = train_student(student, pairs, spec.train, device, progress=on_step, checkpoint_dir=artifacts)
+    trained = train_student(student, pairs, spec.train, device, progress=on_step, checkpoint_dir=artifacts,
+                            memory_share=gpu_share)
+    return _measure(spec, trained, pairs, device, progress, cohort=(spec.trial_id, 1))
+
+
+def _prepare(spec: TrialSpec):
+    """(device, pairs, the student's initial weights seeded by its train.seed) of a trial."""
+    import torch
+
+    from dse.data.pairs import PairStore
+    from dse.models.dit import DiT
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    device = resolve_device(spec.device)
+    pairs = PairStore.open(spec.pairs_dir)
+    torch.manual_seed(spec.train.seed)
+    return device, pairs, DiT(spec.arch, spec.geometry, label_dropout=spec.train.label_dropout)
+
+
+def _measure(spec: TrialSpec, trained, pairs, device, progress: Callable[[str, dict], None] | None,
+             cohort: tuple[str, int]) -> dict[str, Any]:
+    """The row's measurements of a trained student (`TrainOutcome`): size, training, image quality,
+    speed, its checkpoint and samples; `cohort` = (cohort_id, cohort_size) it trained in."""
+    import torch
+
+    from dse.models.dit import count_module_params
+
+    artifacts = Path(spec.artifacts_dir) if spec.artifacts_dir else None
     row: dict[str, Any] = {
         "params": count_module_params(trained.ema),
         "pairs_teacher": pairs.manifest["teacher"]["kind"], "pairs_num": len(pairs),
         "steps": trained.steps, "final_loss": trained.final_loss, "train_seconds": trained.seconds,
         "train_images_per_s": trained.images_per_second, "device": str(device), "torch_version": torch.__version__,
+        "cohort_id": cohort[0], "cohort_size": cohort[1],
     }
     still_improving, trend = curve_trend(trained.curve)
     row.update(loss_curve=curve_json(trained.curve), still_improving=still_improving,

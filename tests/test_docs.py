@@ -80,6 +80,8 @@ def _cuda() -> bool:
 EXPECTED_REFUSALS = {
     "dse run --budget 5M --device cuda": Refusal(("cuda",), "asks for CUDA", unless_cuda=True),
     "dse run --budget 5M --device cuda --gpus-per-trial 0.25": Refusal(("cuda", "gpu"), "asks for CUDA", unless_cuda=True),
+    "dse run --budget 5M --device cuda --seeds 4 --cohort-size 4 --compile": Refusal(("cuda",), "asks for CUDA",
+                                                                                      unless_cuda=True),
     "dse run --budget 5M --address HEAD_IP:6379 --results-dir /shared/results": Refusal(
         ("127.0.0.1:1",), "no Ray cluster listens there"),
     "dse teacher generate --teacher empirical --dataset cifar10 --num 50000 --out results/pairs/cifar10-empirical "

@@ -118,6 +118,28 @@ def test_halving_stores_a_dominated_trial_as_stopped_and_lets_the_others_complet
     assert trains and all({"step", "loss"} <= set(d) for d in trains)
 
 
+def test_a_cohort_is_one_ray_trial_with_events_and_a_row_for_each_member(local_ray, tiny_pairs, tmp_path):
+    from dse.executor import run_trials
+
+    seeds = [fast_spec(tiny_pairs, seed=s, steps=60) for s in (0, 1, 2)]
+    other = fast_spec(tiny_pairs, StudentArch(1, 8, 2), steps=60)  # another architecture: trains alone
+    events = []
+    run_trials([*seeds, other], tmp_path / "trials", storage_dir=tmp_path / "ray", cpus_per_trial=2, cohort_size=8,
+               on_event=lambda tid, kind, data: events.append((tid, kind, data)))
+    df = ResultsStore(tmp_path / "trials").read().set_index("trial_id")
+    assert (df["status"] == "complete").all() and len(df) == 4
+    assert set(df.loc[[s.trial_id for s in seeds], "cohort_id"]) == {seeds[0].trial_id}
+    assert set(df.loc[[s.trial_id for s in seeds], "cohort_size"]) == {3}
+    assert df.loc[other.trial_id, "cohort_size"] == 1 and df.loc[other.trial_id, "cohort_id"] == other.trial_id
+    for spec in [*seeds, other]:
+        kinds = [kind for tid, kind, _ in events if tid == spec.trial_id]
+        assert kinds[0] == "start" and kinds[-1] == "complete" and "train" in kinds, (spec.trial_id, kinds)
+        steps = [d["step"] for tid, kind, d in events if tid == spec.trial_id and kind == "train"]
+        assert steps == sorted(steps) and steps[-1] == 60
+    tune_trials = [p for p in (tmp_path / "ray").rglob("*") if p.is_dir() and p.name in df.index]
+    assert sorted(p.name for p in tune_trials) == sorted([seeds[0].trial_id, other.trial_id])  # two Ray trials
+
+
 def test_each_candidate_gets_the_gpu_share_its_memory_needs():
     from ray.tune.execution.placement_groups import resource_dict_to_pg_factory  # what Tune makes of a dict
 

@@ -109,7 +109,7 @@ def test_only_the_executor_imports_ray():
 @pytest.mark.parametrize("module", ["dse", "dse.cli", "dse.config", "dse.sizing", "dse.types", "dse.events",
                                     "dse.layout", "dse.store", "dse.claims", "dse.pareto", "dse.report", "dse.search",
                                     "dse.stats", "dse.findings", "dse.convergence", "dse.query", "dse.progress",
-                                    "dse.latency_cache", "dse.study"])
+                                    "dse.latency_cache", "dse.study", "dse.cohorts"])
 def test_light_modules_import_neither_torch_nor_ray(module):
     code = f"import sys, {module}; print(sorted({{'torch', 'ray'}} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -66,6 +66,11 @@ class LPIPSLoss(nn.Module):
         """Mean LPIPS distance over the batch; images (B, C, H, W) in [-1, 1], C = 1 or 3."""
         return self.lpips(self._prepare(pred), self._prepare(target), normalize=False).mean()
 
+    def per_image(self, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """The LPIPS distance of each pair (B,), whose mean is `forward`: a cohort scores all its
+        members' images in one call (`dse.distill.cohort`); images (B, C, H, W) in [-1, 1]."""
+        return self.lpips(self._prepare(pred), self._prepare(target), normalize=False).flatten()  # (B,)
+
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # (B, 3, H, W)

@@ -28,11 +28,11 @@ from dse.events import FAILED, START, STOPPED, TRAIN, OnEvent
 from dse.executor.cluster import prepare_cluster
 from dse.executor.halving import HalvingScheduler
 from dse.executor.reports import PHASE_DONE, PHASE_TRAIN, reported_latency
-from dse.executor.resources import resources_of
+from dse.executor.resources import node_shape, plan_cohort_resources, resources_of
 from dse.layout import TUNE_DIR
 from dse.sizing import count_params
 from dse.store import ResultsStore
-from dse.trial import TrialSpec, base_row, failure_text, run_trial
+from dse.trial import TrialSpec, base_row, failure_text, run_cohort, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -51,34 +51,45 @@ def _total_steps(spec: TrialSpec) -> int:
         return spec.train.steps
 
 
-def _trainable(config: dict, specs: dict[str, TrialSpec], store_root: str) -> None:
-    """The Tune function trainable: run one trial, store its row, report progress and the result."""
-    spec = specs[config["trial_id"]]
-    params = count_params(spec.arch, spec.geometry)
-    total = _total_steps(spec)
-    latency = reported_latency(spec)  # measured before training: halving ranks it at every rung
+def _trainable(config: dict, specs: dict[str, TrialSpec], store_root: str,
+               cohorts: dict[str, list[TrialSpec]] | None = None) -> None:
+    """The Tune function trainable: run one trial (or the cohort its id leads), store its row(s), report
+    progress and the result; the reports of a cohort name their `member`."""
+    members = (cohorts or {}).get(config["trial_id"]) or [specs[config["trial_id"]]]
+    params = {s.trial_id: count_params(s.arch, s.geometry) for s in members}
+    total = {s.trial_id: _total_steps(s) for s in members}
+    latency = {s.trial_id: reported_latency(s) for s in members}  # measured before training: halving ranks it
+    one = len(members) == 1
 
-    def progress(kind: str, data: dict) -> None:
+    def report(tid: str, kind: str, data: dict) -> None:
         if kind == TRAIN:  # "fid": None, because Tune checks that every report has the searcher's metrics
-            tune.report({"phase": PHASE_TRAIN, "step": data["step"], "loss": data["loss"], "params": params,
-                         "total_steps": total, "fid": None, "latency_s": latency})
+            tune.report({"phase": PHASE_TRAIN, "step": data["step"], "loss": data["loss"], "params": params[tid],
+                         "total_steps": total[tid], "fid": None, "latency_s": latency[tid],
+                         **({} if one else {"member": tid})})
 
+    share = min(1.0, ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0) or 1.0)  # of its GPU
     start = time.perf_counter()
-    result = run_trial(spec, progress)
+    if one:
+        results = [run_trial(members[0], partial(report, members[0].trial_id), gpu_share=share)]
+    else:
+        results = run_cohort(members, report, gpu_share=share)
     trial_seconds = time.perf_counter() - start
     _release_gpu_memory()  # the actor may run other trials next (reuse_actors); a shared GPU gets it back
-    row = result.row
-    try:
-        ResultsStore(store_root).write(row)
-    except OSError as exc:  # a full or read-only disk: the trial fails saying so (its row cannot be kept)
-        row = {**row, "status": FAILED, "error": f"its row could not be stored: {failure_text(exc, store_root)}"}
-    store_seconds = time.perf_counter() - start - trial_seconds
-    tune.report({
-        "phase": PHASE_DONE, "status": row["status"], "error": row.get("error") or "",
-        "params": row.get("params", params), "fid": row.get("fid"), "latency_s": reported_latency(spec, row),
-        "trial_seconds": trial_seconds, "store_seconds": store_seconds,
-        "nice": os.nice(0),  # the worker's priority (see dse.executor)
-    })
+    for spec, result in zip(members, results):
+        row = result.row
+        begin = time.perf_counter()
+        try:
+            ResultsStore(store_root).write(row)
+        except OSError as exc:  # a full or read-only disk: the trial fails saying so (its row cannot be kept)
+            row = {**row, "status": FAILED, "error": f"its row could not be stored: {failure_text(exc, store_root)}"}
+        tune.report({
+            "phase": PHASE_DONE, "status": row["status"], "error": row.get("error") or "",
+            "params": row.get("params", params[spec.trial_id]), "fid": row.get("fid"),
+            "latency_s": reported_latency(spec, row), "trial_seconds": trial_seconds,
+            "store_seconds": time.perf_counter() - begin,
+            "nice": os.nice(0),  # the worker's priority (see dse.executor)
+            **({} if one else {"member": spec.trial_id, "cohort_size": len(members)}),
+        })
 
 
 def _release_gpu_memory() -> None:
@@ -93,6 +104,7 @@ def run_trials(
     gpus_per_trial: float = -1, address: str = "", on_event: OnEvent | None = None, search: str = "grid",
     num_samples: int = 0, halving: bool = False, halving_rungs: int = 3, halving_eta: int = 3, seed: int = 0,
     context: Iterable[TrialSpec] = (), resources: dict[str, tuple[float, float]] | None = None,
+    cohort_size: int = 1,
 ) -> None:
     """Run the specs as Ray Tune trials and wait for all of them; Ctrl-C raises KeyboardInterrupt.
 
@@ -112,6 +124,9 @@ def run_trials(
     is in every report of its trial (`reports.reported_latency`) and told to the sampler for every
     candidate. A latency that is missing or contended is never ranked: halving ranks such a rung on
     (params, loss), and the sampler, if any candidate lacks one, minimises (fid, params) with a warning.
+    `cohort_size` (grid search without halving only; else each trial trains alone): compatible trials train
+    together as one Tune trial led by the first member's id (`resources.plan_cohort_resources`: 0 chooses
+    from the GPU memory, 1 alone, N at most N), one row and one set of events per member.
     """
     if search not in SEARCHES:
         raise DseError(f"search {search!r}: use one of {', '.join(SEARCHES)}")
@@ -128,8 +143,15 @@ def run_trials(
     for tid, spec in by_id.items():
         if not spec.threads:  # a trial's torch threads = the CPUs Ray gave it
             by_id[tid] = dataclasses.replace(spec, threads=max(1, int(resources[tid][0])))
+    cohorts: dict[str, list[TrialSpec]] = {}
+    if search == "grid" and not halving and cohort_size != 1:
+        groups, resources = plan_cohort_resources(list(by_id.values()), resources, cohort_size=cohort_size,
+                                                  gpus_per_trial=gpus_per_trial, node_gpus=node_shape()[1])
+        cohorts = {g[0].trial_id: g for g in groups if len(g) > 1}
+        led = {s.trial_id for g in cohorts.values() for s in g[1:]}
+        by_id = {tid: s for tid, s in by_id.items() if tid not in led}  # Tune runs the leaders
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, specs=by_id, store_root=str(store.root.resolve())),
+        tune.with_parameters(_trainable, specs=by_id, store_root=str(store.root.resolve()), cohorts=cohorts),
         partial(resources_of, resources),
     )
     naming = dict(trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
@@ -163,7 +185,8 @@ def run_trials(
         trainable, param_space=param_space, tune_config=tune_config,
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(Path(storage_dir).resolve()), verbose=0,
-            callbacks=[Events(on_event, stopped)] if on_event else None,
+            callbacks=[Events(on_event, stopped, {k: [s.trial_id for s in g] for k, g in cohorts.items()})]
+            if on_event else None,
         ),
     )
     tuner.fit()
@@ -175,26 +198,36 @@ def _trial_name(trial) -> str:
 
 class Events(tune.Callback):
     """Turns Tune's trial callbacks into dse progress events; `stopped` holds the trials that
-    successive halving stopped (their rows are already written), told as STOPPED when they end."""
+    successive halving stopped (their rows are already written), told as STOPPED when they end;
+    `cohorts` (leader id -> member ids): a cohort's start and failure are told for each member, and its
+    reports name their member."""
 
-    def __init__(self, on_event: OnEvent, stopped: dict[str, dict] | None = None):
+    def __init__(self, on_event: OnEvent, stopped: dict[str, dict] | None = None,
+                 cohorts: dict[str, list[str]] | None = None):
         self.on_event = on_event
         self.stopped = stopped if stopped is not None else {}
+        self.cohorts = cohorts or {}
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks with the experiment state; the handler (a live table with locks,
         # a terminal) belongs to this driver process only, so a restored copy reports nothing.
-        return {"stopped": self.stopped}
+        return {"stopped": self.stopped, "cohorts": self.cohorts}
 
     def __setstate__(self, state: dict) -> None:
         self.on_event = lambda trial_id, kind, data: None
         self.stopped = state["stopped"]
+        self.cohorts = state.get("cohorts", {})
+
+    def _members(self, trial) -> list[str]:
+        tid = trial.config["trial_id"]
+        return self.cohorts.get(tid, [tid])
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.on_event(trial.config["trial_id"], START, {})
+        for tid in self._members(trial):
+            self.on_event(tid, START, {})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        tid = trial.config["trial_id"]
+        tid = result.get("member") or trial.config["trial_id"]
         if result.get("phase") == PHASE_TRAIN:
             self.on_event(tid, TRAIN, {"step": result["step"], "loss": result["loss"]})
         elif result.get("phase") == PHASE_DONE:
@@ -206,7 +239,8 @@ class Events(tune.Callback):
             self.on_event(tid, STOPPED, self.stopped[tid])
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.on_event(trial.config["trial_id"], FAILED, {"error": "the Ray worker running it failed"})
+        for tid in self._members(trial):
+            self.on_event(tid, FAILED, {"error": "the Ray worker running it failed"})
 
 
 def stopped_row(spec: TrialSpec, stop: dse_search.Stop, train_seconds: float | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import os
 import ray
 
 import dse.search as dse_search
+from dse.cohorts import DEFAULT_COHORT, cohort_size_for, plan_cohorts
 from dse.errors import DseError
 from dse.trial import TrialSpec
 
@@ -58,6 +59,37 @@ def plan_resources(specs: list[TrialSpec], *, cpus_per_trial: float, gpus_per_tr
             need, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, node_cpus=node_cpus,
             node_gpus=node_gpus, gpu_bytes=gpu_bytes)
     return out
+
+
+def plan_cohort_resources(
+    specs: list[TrialSpec], resources: dict[str, tuple[float, float]], *, cohort_size: int, gpus_per_trial: float,
+    node_gpus: float, gpu_bytes: int | None = None,
+) -> tuple[list[list[TrialSpec]], dict[str, tuple[float, float]]]:
+    """The specs in cohorts (`dse.cohorts.plan_cohorts`) and each cohort's (CPUs, GPUs), keyed by its first
+    member's trial id, from `resources` (trial_id -> (CPUs, GPUs) of each spec alone).
+
+    Size and GPU share are chosen together from the memory estimate: `cohort_size` 0 means as many members
+    as one GPU (or the fixed `gpus_per_trial` share of one) holds with `search.SAFETY` headroom, up to
+    `DEFAULT_COHORT`, and 1 on a cluster without GPUs; N > 1 means at most N, as many as the memory allows
+    on GPUs. With `gpus_per_trial = -1` a cohort's share is then chosen for the whole cohort's memory
+    (`search.estimate_cohort_bytes`); a fixed share stays as it is."""
+    if cohort_size == 1 or (cohort_size == 0 and node_gpus <= 0):
+        return [[s] for s in specs], {s.trial_id: resources[s.trial_id] for s in specs}
+    most = cohort_size or DEFAULT_COHORT
+    if node_gpus > 0:
+        if gpu_bytes is None:
+            gpu_bytes = gpu_memory_bytes()
+        room = gpu_bytes * (gpus_per_trial if 0 < gpus_per_trial < 1 else 1.0)
+        member = max((dse_search.estimate_cohort_bytes([s]) - dse_search.CUDA_CONTEXT_BYTES for s in specs), default=0)
+        most = cohort_size_for(member, dse_search.CUDA_CONTEXT_BYTES, int(room), most, dse_search.SAFETY)
+    groups = plan_cohorts(specs, most)
+    planned = {}
+    for group in groups:
+        cpus, gpus = resources[group[0].trial_id]
+        if len(group) > 1 and gpus_per_trial < 0 and node_gpus > 0:
+            gpus = dse_search.gpu_share(dse_search.estimate_cohort_bytes(group), gpu_bytes)
+        planned[group[0].trial_id] = (cpus, gpus)
+    return groups, planned
 
 
 def resources_of(resources: dict[str, tuple[float, float]], config: dict) -> dict[str, float]:

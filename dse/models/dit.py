@@ -74,6 +74,7 @@ class LabelEmbedder(nn.Module):
         self.num_classes = num_classes
         self.dropout_prob = dropout_prob
 
+    @torch.compiler.disable  # a drawn generator does not go into a compiled graph (train.compile)
     def token_drop(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         drop = torch.rand(labels.shape[0], device=labels.device, generator=generator) < self.dropout_prob
         return torch.where(drop, torch.full_like(labels, self.num_classes), labels)

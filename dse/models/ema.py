@@ -11,7 +11,8 @@ import torch.nn as nn
 
 class EMA:
     """Exponential moving average of a model's weights, with a warm-up so short runs are meaningful:
-    decay_t = min(decay, (1 + t) / (10 + t)) at update t."""
+    decay_t = min(decay, (1 + t) / (10 + t)) at update t, applied to all parameters at once (one
+    foreach kernel on a GPU, not a launch per tensor)."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -22,5 +23,4 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - d)
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - d)
