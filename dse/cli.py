@@ -90,6 +90,7 @@ def run(
     max_latency: Optional[str] = MaxLatencyOpt, max_params: Optional[str] = MaxParamsOpt,
     latency_runtime: Optional[str] = RuntimeOpt,
     recheck_latency: Optional[bool] = typer.Option(None, "--recheck-latency/--no-recheck-latency", help="Also time each trained student after training (latency_trained_s) [no]."),
+    log_to: Optional[list[str]] = typer.Option(None, "--log-to", help="Also stream each trial's loss curve and final row to tensorboard, mlflow or wandb (repeatable; files under the study's folder) [run.log_to]."),
 ) -> None:
     """Measure every architecture's latency, then train and measure those inside the constraints, and write the Pareto report.
 
@@ -107,7 +108,7 @@ def run(
         run={"device": device, "results_dir": results_dir, "reports_dir": reports_dir,
              "retry_failed": retry_failed or None, "search": search, "num_samples": num_samples,
              "halving": halving, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
-             "address": address, "cohort_size": cohort_size},
+             "address": address, "cohort_size": cohort_size, "log_to": log_to or None},
     )
     plan = preflight(cfg)  # planned and checked once, before anything is written (the cluster: when the run connects)
     seeds = len(cfg.space.seeds) or 1
@@ -367,7 +368,7 @@ DataRootOpt = typer.Option(None, "--data-root", help="Data set location (a folde
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Path = typer.Argument(..., help="A trained student (a trial's artifacts/<trial>/student.pt)."),
+    checkpoint: Path = typer.Argument(..., help="A trained student: a trial's artifacts/<trial>/student.pt or student.safetensors, or that folder."),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", help="Generated images for FID/KID/IS [50000]."),
     latency_images: Optional[int] = typer.Option(None, "--latency-images", help="Images timed per latency run [50000]."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Reference data set [the one the checkpoint names]."),
@@ -398,14 +399,28 @@ def eval_cmd(
 
 @app.command("export")
 def export_cmd(
-    checkpoint: Path = typer.Argument(..., help="A trained student (a trial's artifacts/<trial>/student.pt)."),
-    out: Path = typer.Option(..., "--out", "-o", help="The ONNX file to write."),
-    guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale, folded into the graph."),
+    checkpoint: Path = typer.Argument(..., help="A trained student: a trial's artifacts/<trial>/student.pt or student.safetensors, or that folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="The ONNX file to write (--format onnx), or a new folder (--format diffusers)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="onnx: classifier-free guidance scale, folded into the graph [1.5]."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (one graph, guidance folded in) or diffusers (a DiTTransformer2DModel save_pretrained folder)."),
 ) -> None:
-    """Write a trained student as one ONNX graph (noise z, label y) -> guided image, checked against PyTorch."""
+    """Write a trained student as one ONNX graph (noise z, label y) -> guided image, or as a diffusers
+    DiTTransformer2DModel folder; either is checked against PyTorch."""
+    if fmt not in ("onnx", "diffusers"):
+        raise DseError(f"--format must be onnx or diffusers (got {fmt!r})")
+    if fmt == "diffusers":
+        if guidance is not None:
+            raise DseError("--guidance is for --format onnx; a diffusers model takes the guidance when it is run (docs/formats.md)")
+        from dse.export_diffusers import export_diffusers
+
+        info = export_diffusers(checkpoint, out)
+        _echo(f"wrote {info['out']}/ ({', '.join(info['files'])}; {info['bytes']:,} bytes): diffusers DiTTransformer2DModel "
+              f"with {info['diffusers_params']:,} parameters (the student's {info['params']:,}, its embedders copied into "
+              f"every block); max |diffusers - dse| = {info['max_abs_diff']:.2e}")
+        return
     from dse.evaluation import export_student
 
-    info = export_student(checkpoint, out, guidance=guidance)
+    info = export_student(checkpoint, out, guidance=1.5 if guidance is None else guidance)
     _echo(f"wrote {info['onnx_path']} ({info['onnx_bytes']:,} bytes, opset {info['onnx_opset']}); inputs z {info['z_shape']} "
           f"float32 and y (B,) int64; max |onnxruntime - PyTorch| = {info['onnx_max_abs_diff']:.2e}")
 
@@ -534,8 +549,8 @@ _TEACHER = TeacherConfig()
 def teacher_generate(
     out: Path = typer.Option(..., "--out", help="Pair-store directory (resumes if it exists)."),
     dataset: str = typer.Option("digits", "--dataset", help="digits, fashion-mnist or cifar10."),
-    teacher: str = typer.Option("empirical", "--teacher", help="empirical, trained or external."),
-    source: str = typer.Option("", "--source", help="trained: checkpoint; external: TorchScript file or module:function."),
+    teacher: str = typer.Option("empirical", "--teacher", help="empirical, trained, external or diffusers."),
+    source: str = typer.Option("", "--source", help="trained: checkpoint; external: TorchScript file or module:function; diffusers: a save_pretrained folder (safetensors)."),
     data_root: Optional[str] = DataRootOpt,
     num: int = typer.Option(_TEACHER.num_pairs, "--num", help="Number of pairs."),
     seed: int = typer.Option(_TEACHER.seed, "--seed"),
@@ -600,6 +615,23 @@ def teacher_import_get(
     with _progress_bar("importing GET pairs", None) as update:
         path = import_get(src, out, image_dtype=image_dtype, progress=update)
     _echo(f"pairs: {path}")
+
+
+@teacher_app.command("convert")
+def teacher_convert(
+    source: str = typer.Argument(..., help="The teacher as code: package.module:function (or a TorchScript file), as --teacher external takes."),
+    out: Path = typer.Option(..., "--out", help="New (or empty) folder for the converted teacher."),
+    dataset: str = typer.Option("digits", "--dataset", help="The data set the teacher makes images of: digits, fashion-mnist or cifar10."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+) -> None:
+    """Convert a teacher given as code, once, into safetensors + JSON that dse loads without running code
+    (a diffusers model with its scheduler, or dse's own EDM teacher; anything else is refused)."""
+    from dse.device import resolve_device
+    from dse.teacher.convert import convert_teacher
+
+    done = convert_teacher(source, out, dataset=dataset, device=str(resolve_device(device)))
+    _echo(f"converted {done.found} to {done.out} (largest difference from the source: {done.max_abs_diff:.2g})")
+    _echo(f"use it: dse teacher generate --teacher {done.kind} --source {done.out} --dataset {dataset}")
 
 
 @teacher_app.command("inspect")

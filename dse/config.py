@@ -56,8 +56,8 @@ def dataset_geometry(name: str, patch_size: int = 2) -> Geometry:
 class TeacherConfig:
     """How the offline (noise z, label y, image x) pairs are made: teacher, EDM sampler settings."""
 
-    kind: str = "empirical"  # TEACHER_KINDS: empirical | trained | external | store (use the pairs at pairs_dir as they are)
-    source: str = ""  # trained: checkpoint path; external: TorchScript file or module:function
+    kind: str = "empirical"  # TEACHER_KINDS: empirical | trained | external | diffusers | store (use the pairs at pairs_dir as they are)
+    source: str = ""  # trained: checkpoint path; external: TorchScript file or module:function; diffusers: save_pretrained folder
     num_pairs: int = 4096
     pairs_dir: str = ""  # default: results/pairs/<dataset>-<kind>-<num_pairs>
     seed: int = 0
@@ -238,6 +238,8 @@ class RunConfig:
     # students trained together in one process as one batched model (dse.cohorts): 0 chooses (on GPUs, as
     # many as the memory estimate fits, up to DEFAULT_COHORT; 1 on CPUs), 1 trains each alone, N at most N
     cohort_size: int = 0
+    # experiment trackers that get each trial's training curve and final row (dse.trackers), e.g. ["tensorboard"]
+    log_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -315,8 +317,9 @@ _SECTIONS = {
 KNOWN_SETUPS = ("get", "mi1", "ta", "dmd")  # dse.distill.setups.SETUPS
 KNOWN_LOSSES = ("l1", "l2", "lpips")  # dse.distill.losses.LOSSES
 KNOWN_EXTRACTORS = ("auto", "inception-v3-compat", "inception-v3-fid-helper", "dse-digits-classifier-v1")  # dse.metrics.extractors
-TEACHER_KINDS = ("empirical", "trained", "external", "store")  # the teacher registry, plus the pairs of a given store
+TEACHER_KINDS = ("empirical", "trained", "external", "diffusers", "store")  # the teacher registry, plus the pairs of a given store
 SEARCHES = ("grid", "optuna")  # run.search: the executor's searchers
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # run.log_to: dse.trackers.TRACKERS
 LPIPS_NETS = ("alex", "vgg")  # dse.assets.lpips.TRUNKS
 SPLITS = ("train", "test")  # dse.data.datasets.SPLITS: what eval.reference may name
 LATENCY_RUNTIMES = ("torch", "onnxruntime", "command")  # what dse.metrics.runtimes measures with (its RUNTIMES)
@@ -632,10 +635,14 @@ def validate(cfg: StudyConfig, source: str = "<config>") -> None:
         raise DseError(f"{source}: teacher.kind must be {_either(TEACHER_KINDS)} (got {cfg.teacher.kind!r})")
     if cfg.teacher.kind == "store" and not cfg.teacher.pairs_dir:
         raise DseError(f"{source}: teacher.kind = \"store\" needs teacher.pairs_dir (e.g. pairs made by `dse teacher import-get`)")
-    if cfg.teacher.kind in ("trained", "external") and not cfg.teacher.source:
-        raise DseError(f"{source}: teacher.kind = {cfg.teacher.kind!r} needs teacher.source (a checkpoint, or a TorchScript file / module:function)")
+    if cfg.teacher.kind in ("trained", "external", "diffusers") and not cfg.teacher.source:
+        raise DseError(f"{source}: teacher.kind = {cfg.teacher.kind!r} needs teacher.source (a checkpoint, a TorchScript file / module:function, or a diffusers folder)")
     if cfg.run.search not in SEARCHES:
         raise DseError(f"{source}: run.search must be {_either(SEARCHES)} (got {cfg.run.search!r})")
+    unknown_trackers = [n for n in cfg.run.log_to if n not in TRACKERS]
+    if unknown_trackers:
+        raise DseError(f"{source}: run.log_to: unknown tracker {unknown_trackers[0]!r}; use {_either(TRACKERS)} "
+                       "(--log-to is repeatable)")
     if cfg.run.cohort_size > 1 and (cfg.run.search != "grid" or cfg.run.halving):
         raise DseError(f"{source}: run.cohort_size = {cfg.run.cohort_size} trains students together, which only grid "
                        "search without halving does (optuna and halving decide trial by trial); use --cohort-size 1 "

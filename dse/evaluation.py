@@ -7,7 +7,9 @@ row means the same thing whichever way it was made (protocols: docs/metrics.md).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -18,55 +20,123 @@ from dse.device import resolve_device
 from dse.errors import DseError, one_line
 from dse.events import COMPLETE
 from dse.fileio import check_folder
-from dse.layout import ONNX_FILE, SAMPLES_FILE, STUDENT_FILE
+from dse.layout import ONNX_FILE, SAMPLES_FILE, STUDENT_CONFIG_FILE, STUDENT_FILE, STUDENT_WEIGHTS_FILE
 from dse.sizing import arch_columns
 from dse.types import Geometry, StudentArch
 
 STUDENT_FORMAT = "dse-student-v1"
 
 
-def save_student(path: str | Path, model, *, dataset: str, data_root: str = "", trial_id: str = "") -> Path:
-    """Write the (EMA) student with what is needed to rebuild and measure it, atomically.
+def student_files(path: str | Path) -> tuple[Path, Path]:
+    """(weights, config): the safetensors form of the student saved at `path`, beside it with the same
+    stem (`student.pt` -> `student.safetensors` + `student.json`)."""
+    p = Path(path)
+    return p.with_suffix(".safetensors"), p.with_suffix(".json")
 
-    The file is a plain dict of strings, numbers and tensors (docs/formats.md), so it loads with
-    `torch.load(..., weights_only=True)`.
+
+def save_student(path: str | Path, model, *, dataset: str, data_root: str = "", trial_id: str = "") -> Path:
+    """Write the (EMA) student with what is needed to rebuild and measure it, atomically, in two forms
+    (docs/formats.md): `path` itself, a `torch.save` of a plain dict of strings, numbers and tensors that
+    loads with `torch.load(..., weights_only=True)`; and beside it (`student_files`) the same weights as
+    safetensors plus a JSON configuration holding their sha256. A `path` ending in `.safetensors` writes
+    the safetensors pair only. Returns `path`.
     """
     import torch
+    from safetensors.torch import save as safetensors_bytes
 
     from dse.fileio import atomic_write
 
-    state = {
+    config = {
         "format": STUDENT_FORMAT, "dataset": dataset, "data_root": data_root, "trial_id": trial_id,
         "arch": dataclasses.asdict(model.arch), "geometry": dataclasses.asdict(model.geometry),
         "label_dropout": float(model.y_embedder.dropout_prob),
-        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = Path(path)
+    weights_path, config_path = student_files(path)
+    data = safetensors_bytes(weights, metadata={"format": STUDENT_FORMAT})
+    atomic_write(weights_path, data)  # the weights first, then the JSON that vouches for them
+    record = {**config, "student_time": _student_time(), "weights_bytes": len(data),
+              "weights_sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write(config_path, json.dumps(record, indent=2) + "\n")
+    if path.suffix == ".safetensors":
+        return path
+    buffer = io.BytesIO()
+    torch.save({**config, "model": weights}, buffer)
     atomic_write(path, buffer.getvalue())
     return path
 
 
-def load_student(path: str | Path):
-    """(DiT in eval mode on CPU, the file's metadata) from a file written by `save_student`.
+def _student_time() -> float:
+    from dse.models.dit import STUDENT_TIME
 
-    Anything else (a missing file, a trainer checkpoint, a damaged or foreign file) is a DseError
-    that says what was expected; nothing in the file is executed.
+    return float(STUDENT_TIME)
+
+
+def load_student(path: str | Path):
+    """(DiT in eval mode on CPU, the file's metadata) from what `save_student` wrote: the `.pt` file,
+    the `.safetensors` file (or its `.json`), or a folder holding `student.safetensors` (else
+    `student.pt`), such as a trial's artifacts folder.
+
+    Anything else (a missing file, a trainer checkpoint, a damaged, changed or foreign file) is a DseError
+    that says what was expected; nothing in the file is executed (weights-only loading, no pickle).
     """
     from dse.fileio import load_format_file
-    from dse.models.dit import DiT
 
     p = Path(path)
+    if p.is_dir():
+        if (p / STUDENT_WEIGHTS_FILE).is_file():
+            return _load_safetensors_student(p / STUDENT_WEIGHTS_FILE)
+        if not (p / STUDENT_FILE).is_file():
+            raise DseError(f"folder {p} holds no dse student ({STUDENT_WEIGHTS_FILE} or {STUDENT_FILE}); give a trial's "
+                           "artifacts folder results/<study>/artifacts/<trial> or one of those files")
+        p = p / STUDENT_FILE
+    if p.suffix in (".safetensors", ".json"):
+        return _load_safetensors_student(student_files(p)[0])
     state = load_format_file(p, STUDENT_FORMAT, "dse student checkpoint",
                              f"a trial writes results/<study>/artifacts/<trial>/{STUDENT_FILE}")
+    return _build_student(p, state, state.get("model"))
+
+
+def _load_safetensors_student(weights_path: Path):
+    """The student of a safetensors file and the JSON beside it (`student_files`); both are checked:
+    the JSON's format and the weights' size and sha256, then the shapes (weights only, no pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    weights_path, config_path = student_files(weights_path)
+    hint = f"a trial writes results/<study>/artifacts/<trial>/{STUDENT_WEIGHTS_FILE} and {STUDENT_CONFIG_FILE}"
+    for p, what in ((weights_path, "weights"), (config_path, "configuration")):
+        if not p.is_file():
+            raise DseError(f"dse student {what} {p} not found; {hint}")
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DseError(f"{config_path} is corrupt, not a {STUDENT_FORMAT} configuration ({one_line(exc)})") from None
+    if not isinstance(config, dict) or config.get("format") != STUDENT_FORMAT:
+        raise DseError(f"{config_path} is not a dse student configuration ({STUDENT_FORMAT})")
+    data = weights_path.read_bytes()
+    if (len(data), hashlib.sha256(data).hexdigest()) != (config.get("weights_bytes"), config.get("weights_sha256")):
+        raise DseError(f"{weights_path} ({len(data):,} bytes) is not the file {config_path.name} describes "
+                       f"({config.get('weights_bytes')} bytes, sha256 {str(config.get('weights_sha256'))[:12]}...): "
+                       "it was changed, truncated or replaced; save the student again")
+    try:
+        weights = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise DseError(f"{weights_path} is corrupt, not safetensors ({one_line(exc)})") from None
+    return _build_student(weights_path, config, weights)
+
+
+def _build_student(p: Path, state: dict, weights):
+    from dse.models.dit import DiT
+
     try:
         arch, geometry = StudentArch(**state["arch"]), Geometry(**state["geometry"])
         model = DiT(arch, geometry, label_dropout=float(state.get("label_dropout", 0.1)))
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError, ArithmeticError, AssertionError, DseError) as exc:
         raise DseError(f"{p}: damaged {STUDENT_FORMAT} checkpoint ({one_line(exc)})") from None
-    meta = {k: state.get(k, "") for k in ("dataset", "data_root", "trial_id")}
+    meta = {k: str(state.get(k, "") or "") for k in ("dataset", "data_root", "trial_id")}
     return model.eval(), meta
 
 

@@ -6,8 +6,12 @@ report) and the one check that every path dse derives stays inside the folder it
   study.json                 the resolved configuration
   trials/<trial>.parquet     one row per finished trial
   claims/<trial>.claim       which process runs a trial now
-  artifacts/<trial>/         last.pt, student.pt, samples.png, student.onnx, ta/
+  artifacts/<trial>/         last.pt, student.pt, student.safetensors + student.json, samples.png,
+                             student.onnx, ta/
   tune/                      Ray Tune's own files
+  tensorboard/<trial>/       TensorBoard event files (--log-to tensorboard)
+  mlflow/                    mlflow.db and artifacts/: the MLflow store (--log-to mlflow)
+  wandb/                     Weights & Biases offline runs (--log-to wandb)
 <reports_dir>/<study>.html
 ```
 A study name (and a trial id) is one path component of safe characters, so it can never name a
@@ -30,12 +34,21 @@ TUNE_DIR = "tune"
 PAIRS_DIR = "pairs"  # default home of generated teacher pairs: <results_dir>/pairs/<name>
 LAST_CHECKPOINT = "last.pt"  # resumable trainer state (student trials, the TA, the EDM teacher)
 STUDENT_FILE = "student.pt"
+TEACHER_WEIGHTS_FILE = "teacher.safetensors"  # an EDM teacher as safetensors (`dse teacher convert`) ...
+TEACHER_CONFIG_FILE = "teacher.json"  # ... and its JSON description (config, geometry, sha256 of the weights)
+STUDENT_WEIGHTS_FILE = "student.safetensors"  # the same student as safetensors (weights only) ...
+STUDENT_CONFIG_FILE = "student.json"  # ... and its JSON configuration (arch, geometry, sha256 of the weights)
+DIFFUSERS_NOTE_FILE = "dse_export.json"  # `dse export --format diffusers`: how the folder maps onto dse
 SAMPLES_FILE = "samples.png"
 ONNX_FILE = "student.onnx"
 TA_DIR = "ta"
 LATENCY_CACHE_DIR = "latency_cache"  # <results_dir>/latency_cache/<key>.json: latencies shared by every study there
 LATENCY_FILE = "latency.json"  # <study>/latency.json: the study's latency pass (measurements, constraints)
 REPORT_SUFFIX = ".html"
+# <study>/<folder>: what each experiment tracker of `run.log_to` writes there (dse.trackers)
+TRACKER_DIRS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+MLFLOW_DB = "mlflow.db"  # <study>/mlflow/mlflow.db: the MLflow store unless $MLFLOW_TRACKING_URI names one
+MLFLOW_ARTIFACTS = ARTIFACTS_DIR  # <study>/mlflow/artifacts/: that store's artifact root
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}"
 _NAME = re.compile(NAME_PATTERN)
@@ -124,6 +137,10 @@ class StudyLayout:
     def artifacts_dir(self, trial_id: str) -> Path:
         check_name(trial_id, "trial id")
         return inside(self.study_dir / ARTIFACTS_DIR, trial_id, what="artifacts folder")
+
+    def tracker_dir(self, tracker: str) -> Path:
+        """Where experiment tracker `tracker` (a key of TRACKER_DIRS) writes for this study."""
+        return self.study_dir / TRACKER_DIRS[tracker]
 
     @property
     def latency_file(self) -> Path:

@@ -28,6 +28,7 @@ from dse.search import usable_latency
 from dse.sizing import Candidate, design_rule, enumerate_candidates
 from dse.stats import group_points
 from dse.store import ResultsStore, is_null
+from dse.trackers import check_trackers, open_trackers
 from dse.trial import TrialSpec
 from dse.types import Geometry, StudentArch
 
@@ -174,6 +175,7 @@ def preflight(cfg: StudyConfig) -> StudyPlan:
 
         check_reachable(address)
     resolve_device(r.device)  # the latency pass runs in this process, on this device
+    check_trackers(r.log_to)  # --log-to wandb without its package
     check_folder(r.results_dir, "results folder")
     check_folder(plan.study_dir, "study folder")
     check_folder(r.reports_dir, "reports folder")
@@ -182,6 +184,10 @@ def preflight(cfg: StudyConfig) -> StudyPlan:
         check_folder(cfg.pairs_dir(), "pair store")
         if cfg.teacher.kind == "empirical":
             splits.add("train")  # what the empirical teacher denoises towards
+        if cfg.teacher.kind == "diffusers":  # its folder and geometry, from its JSON files (no weights loaded)
+            from dse.teacher.registry import teacher_entry
+
+            teacher_entry(cfg.teacher.kind, cfg.dataset, cfg.teacher.source)
     if not address:  # on a cluster, the trials measure FID on its nodes, with their data
         splits.add(cfg.eval.reference)
     for split in sorted(splits):
@@ -209,11 +215,20 @@ def run_study(
     that is not done in its store (see `trials_to_run`) and that no other live process has claimed,
     and write the report. `study` is a config (planned and checked here, `preflight`) or the plan
     `preflight` returned for it (run as it is: not planned or checked again). `on_latency(i, n, arch)`
-    hears of each architecture measured (or read from the cache)."""
-    from dse.executor import prepare_cluster, run_trials
-
+    hears of each architecture measured (or read from the cache). The experiment trackers of `run.log_to`
+    (dse.trackers) hear every event, with or without `on_event`; their warnings join the outcome's."""
     plan = study if isinstance(study, StudyPlan) and study.checked else preflight(
         study.config if isinstance(study, StudyPlan) else study)
+    with open_trackers(plan.config.run.log_to, plan.layout, plan.store) as trackers:
+        outcome = _run_plan(plan, trackers.wrap(on_event), on_pairs, on_latency)
+    return dataclasses.replace(outcome, warnings=[*outcome.warnings, *trackers.warnings])
+
+
+def _run_plan(plan: StudyPlan, on_event: OnEvent | None, on_pairs: Callable[[int, int, float], None] | None,
+              on_latency: Callable[[int, int, ArchLatency], None] | None) -> StudyOutcome:
+    """`run_study` of a checked plan."""
+    from dse.executor import prepare_cluster, run_trials
+
     cfg = plan.config
     store, retry, r = plan.store, cfg.run.retry_failed, cfg.run
     # before training, and before Ray starts (its start-up keeps the CPUs busy); writes nothing yet

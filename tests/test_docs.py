@@ -60,6 +60,7 @@ PLACEHOLDERS = [
     (r"(?<=\s)/shared/results\b", "shared/results", "an NFS folder: kept inside the temporary clone"),
     (r"(?<=\s)/data/get/cifar10-edm\b", "get-fixture", "GET's published pairs: a tiny folder in GET's layout"),
     (r"(?<=\s)DIR\b", "pairs-fixture", "any pair store: a tiny one made by the test"),
+    (r"(?<=\s)my-ddpm\b", "hf-fixture", "your diffusers folder: a tiny random UNet2DModel + DDPMScheduler"),
 ]
 
 
@@ -92,6 +93,8 @@ EXPECTED_REFUSALS = {
     "dse teacher generate --teacher external --source edm_cifar10.pt --dataset cifar10 --num 1000000 "
     "--out results/pairs/cifar10-edm --image-dtype float16 --device cuda": Refusal(
         ("edm_cifar10.pt", "cuda", "cifar"), "your own EDM network file is not in a clone"),
+    "dse teacher convert my_teachers:build_unet --out teachers/my-ddpm --dataset digits": Refusal(
+        ("my_teachers",), "your module is not in a clone (tests/teacher/test_convert.py converts real ones)"),
 }
 
 
@@ -228,6 +231,20 @@ def _tiny_get_folder(out: Path) -> None:
         torch.save(value, out / sub / "000000015.pkl")
 
 
+def _tiny_diffusers_folder(out: Path) -> None:
+    """A diffusers model folder for digits (8x8x1, 10 classes): UNet2DModel + DDPMScheduler, safetensors."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, num_class_embeds=10,
+    ).save_pretrained(out)
+    diffusers.DDPMScheduler().save_pretrained(out)
+
+
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
     """A folder laid out like a fresh clone, plus the fixtures PLACEHOLDERS point at."""
@@ -243,6 +260,7 @@ def clone(tmp_path_factory) -> Path:
     (root / "data").mkdir()
     generate_pairs(root / "pairs-fixture", num_pairs=64, settings=SamplerSettings(num_steps=2), shard_size=32)
     _tiny_get_folder(root / "get-fixture")
+    _tiny_diffusers_folder(root / "hf-fixture")
     return root
 
 

@@ -74,15 +74,18 @@ def test_query_results_and_status_list_the_same_studies(tmp_path):
 
 
 def test_the_file_names_of_a_study_are_spelled_only_in_layout():
-    """One owner for the layout: no other module spells study.json, last.pt, student.pt, samples.png,
-    student.onnx or the claims/, artifacts/ and tune/ folders as a string literal ("trials" and "ta"
+    """One owner for the layout: no other module spells study.json, last.pt, student.pt (.safetensors,
+    .json), samples.png, student.onnx, teacher.safetensors / .json, dse_export.json, mlflow.db or the
+    claims/, artifacts/ and tune/ folders as a string literal ("trials" and "ta"
     are also a SQL view and a setup's name, so they are not searched for)."""
     import ast
 
     from dse import layout as owner
 
     names = {owner.STUDY_FILE, owner.CLAIMS_DIR, owner.ARTIFACTS_DIR, owner.TUNE_DIR, owner.LAST_CHECKPOINT,
-             owner.STUDENT_FILE, owner.SAMPLES_FILE, owner.ONNX_FILE}
+             owner.STUDENT_FILE, owner.SAMPLES_FILE, owner.ONNX_FILE, owner.STUDENT_WEIGHTS_FILE,
+             owner.STUDENT_CONFIG_FILE, owner.TEACHER_WEIGHTS_FILE, owner.TEACHER_CONFIG_FILE, owner.DIFFUSERS_NOTE_FILE,
+             owner.MLFLOW_DB}
     package = Path(owner.__file__).parent
     spelled = sorted(
         f"{path.relative_to(package)}:{node.lineno} {node.value!r}"

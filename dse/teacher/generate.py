@@ -15,7 +15,7 @@ from dse.data.datasets import dataset_geometry
 from dse.data.pairs import PairWriter
 from dse.errors import DseError
 from dse.teacher.edm import SamplerSettings, heun_sample
-from dse.teacher.registry import make_teacher
+from dse.teacher.registry import make_teacher, teacher_entry
 from dse.types import Geometry
 
 
@@ -53,7 +53,7 @@ def generate_pairs(
         raise DseError("the number of pairs, the shard size, the batch size and the sampler steps must be positive")
     geometry = dataset_geometry(dataset)
     meta = {
-        "teacher": {"kind": teacher, "source": source},
+        "teacher": teacher_entry(teacher, dataset, source),  # a diffusers folder: checked here, before writing
         "sampler": {"name": "edm-heun", "num_steps": settings.num_steps, "sigma_min": settings.sigma_min,
                     "sigma_max": settings.sigma_max, "rho": settings.rho, "nfe": settings.nfe},
         "dataset": dataset,

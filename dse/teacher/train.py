@@ -21,13 +21,14 @@ import torch
 from dse.data.datasets import ImageDataset, load_dataset
 from dse.errors import DseError, one_line
 from dse.fileio import load_format_file
-from dse.layout import LAST_CHECKPOINT
+from dse.layout import LAST_CHECKPOINT, TEACHER_CONFIG_FILE, TEACHER_WEIGHTS_FILE
 from dse.models.dit import DiT
 from dse.teacher.edm import P_MEAN, P_STD, SIGMA_DATA, Denoiser, EDMDenoiser, edm_loss
 from dse.training import TrainState, check_finite, checkpoint_file, restoring, save_checkpoint, seeded_init
 from dse.types import Geometry, StudentArch
 
 CHECKPOINT_FORMAT = "dse-teacher-v1"
+FILES_FORMAT = "dse-teacher-safetensors-v1"  # teacher.safetensors + teacher.json (save_teacher_files)
 
 
 @dataclass(frozen=True)
@@ -230,11 +231,18 @@ class TrainedTeacher:
 
 
 def load_trained_teacher(path: str | Path, device: str = "cpu", dataset: str | None = None) -> Denoiser:
-    """The EMA denoiser saved by `train_teacher` at `path` (a checkpoint file or its folder).
+    """The EMA denoiser saved by `train_teacher` at `path` (a checkpoint file or its folder), or the
+    safetensors teacher of `save_teacher_files` (`teacher.safetensors` / `teacher.json` or their folder).
 
     If `dataset` is given it must be the data set the teacher was trained on. A missing or corrupt
     checkpoint is a DseError naming the file.
     """
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json") or (p.is_dir() and (p / TEACHER_CONFIG_FILE).is_file()):
+        denoiser, cfg = load_teacher_files(p if p.is_dir() else p.parent)
+        if dataset is not None and dataset != cfg.dataset:
+            raise DseError(f"teacher {p} was trained on {cfg.dataset!r}, not {dataset!r}")
+        return TrainedTeacher(denoiser.to(device), cfg)
     file = checkpoint_file(path)
     ckpt = read_checkpoint(file)
     cfg = _checkpoint_config(ckpt, file)
@@ -245,3 +253,62 @@ def load_trained_teacher(path: str | Path, device: str = "cpu", dataset: str | N
         denoiser = build_denoiser(cfg, geometry)
         denoiser.load_state_dict(ckpt["ema"])
     return TrainedTeacher(denoiser.to(device), cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# The teacher as safetensors + JSON (what `dse teacher convert` writes): no pickle at all.
+# ---------------------------------------------------------------------------------------------
+
+
+def save_teacher_files(denoiser: EDMDenoiser, cfg: TeacherTrainConfig, geometry: Geometry, folder: str | Path) -> Path:
+    """Write `denoiser`'s weights to folder/teacher.safetensors and its description (format, config,
+    geometry, sha256 of the weights) to folder/teacher.json; returns the folder."""
+    import hashlib
+
+    from safetensors.torch import save as safetensors_bytes
+
+    from dse.fileio import atomic_write
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+    data = safetensors_bytes(weights, metadata={"format": FILES_FORMAT})
+    atomic_write(folder / TEACHER_WEIGHTS_FILE, data)
+    description = {"format": FILES_FORMAT, "config": asdict(cfg), "geometry": asdict(geometry),
+                   "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write(folder / TEACHER_CONFIG_FILE, json.dumps(description, indent=2) + "\n")
+    return folder
+
+
+def load_teacher_files(folder: str | Path) -> tuple[EDMDenoiser, TeacherTrainConfig]:
+    """The denoiser (not yet in eval mode) and config written by `save_teacher_files`; a missing,
+    tampered or corrupt file is a one-line DseError."""
+    import hashlib
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    folder = Path(folder)
+    weights_file, config_file = folder / TEACHER_WEIGHTS_FILE, folder / TEACHER_CONFIG_FILE
+    for f in (config_file, weights_file):
+        if not f.is_file():
+            raise DseError(f"{f} not found; `dse teacher convert` writes {TEACHER_WEIGHTS_FILE} and {TEACHER_CONFIG_FILE}")
+    try:
+        description = json.loads(config_file.read_text())
+        if description.get("format") != FILES_FORMAT:
+            raise ValueError(f"format {description.get('format')!r}, not {FILES_FORMAT!r}")
+        cfg = TeacherTrainConfig(**description["config"])
+        geometry = Geometry(**description["geometry"])
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise DseError(f"{config_file} is not a dse teacher description ({one_line(e)})") from None
+    data = weights_file.read_bytes()
+    if hashlib.sha256(data).hexdigest() != description.get("sha256"):
+        raise DseError(f"{weights_file} does not match the sha256 in {config_file}: it was changed or damaged")
+    try:
+        weights = load_safetensors(data)
+    except (SafetensorError, ValueError) as e:
+        raise DseError(f"{weights_file} is corrupt, not safetensors ({one_line(e)})") from None
+    denoiser = build_denoiser(cfg, geometry)
+    with restoring(weights_file, "teacher weights", "convert the teacher again"):
+        denoiser.load_state_dict(weights)
+    return denoiser, cfg
