@@ -181,8 +181,8 @@ def run_cohort(specs: list[TrialSpec], progress: Callable[[str, str, dict], None
             raise ValueError("these trials cannot train as one cohort (dse.cohorts.compatible)")
         from dse.distill.cohort import train_cohort
 
-        prepared = [_prepare(s) for s in specs]
-        device, pairs = prepared[0][0], prepared[0][1]
+        device, pairs, first = _prepare(specs[0])  # compatible members share device, threads and pairs
+        students = [first, *(_initial_student(s) for s in specs[1:])]
         ids = [s.trial_id for s in specs]
 
         def on_step(step: int, losses: list[float]) -> None:
@@ -192,7 +192,7 @@ def run_cohort(specs: list[TrialSpec], progress: Callable[[str, str, dict], None
                         progress(tid, TRAIN, {"step": step, "loss": loss})
 
         dirs = [Path(s.artifacts_dir) if s.artifacts_dir else None for s in specs]
-        outcomes = train_cohort([p[2] for p in prepared], pairs, [s.train for s in specs], device,
+        outcomes = train_cohort(students, pairs, [s.train for s in specs], device,
                                 progress=on_step, checkpoint_dirs=dirs, memory_share=gpu_share)
     except Exception as exc:  # noqa: BLE001 - the cohort could not train: every member fails saying why
         for i in range(len(specs)):
@@ -268,14 +268,22 @@ def _prepare(spec: TrialSpec):
     import torch
 
     from dse.data.pairs import PairStore
-    from dse.models.dit import DiT
 
     if spec.threads:
         torch.set_num_threads(spec.threads)
     device = resolve_device(spec.device)
     pairs = PairStore.open(spec.pairs_dir)
+    return device, pairs, _initial_student(spec)
+
+
+def _initial_student(spec: TrialSpec):
+    """The trial's student DiT with its initial weights, seeded by its train.seed."""
+    import torch
+
+    from dse.models.dit import DiT
+
     torch.manual_seed(spec.train.seed)
-    return device, pairs, DiT(spec.arch, spec.geometry, label_dropout=spec.train.label_dropout)
+    return DiT(spec.arch, spec.geometry, label_dropout=spec.train.label_dropout)
 
 
 def _measure(spec: TrialSpec, trained, pairs, device, progress: Callable[[str, dict], None] | None,
